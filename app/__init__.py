@@ -1,0 +1,1 @@
+"""The search service: FastAPI REST API, web page and Python client."""

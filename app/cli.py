@@ -1,0 +1,54 @@
+"""The ``clipsearch`` command: one Typer app assembled from each package's commands.
+
+Library errors are translated here, at the edge, into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from models.cli import app as models_app
+from models.errors import ClipsearchError
+
+app = typer.Typer(
+    name="clipsearch",
+    help="Semantic search over image collections with a CLIP-style dual encoder.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+for _group in (models_app,):
+    for _command in _group.registered_commands:
+        app.registered_commands.append(_command)
+    for _sub in _group.registered_groups:
+        app.registered_groups.append(_sub)
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party load chatter (transformers' load reports, open_clip info) off the terminal."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("models", "indexer", "app"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except ClipsearchError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Bulk-indexes image folders and text corpora into FAISS with a durable, incremental catalog."""
