@@ -1,14 +1,111 @@
-"""``clipsearch train``, ``clipsearch eval ...`` and ``clipsearch models``: thin calls into the library."""
+"""``clipsearch train``, ``eval ...`` and ``models``: thin calls into the library."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 from models import registry
 
 app = typer.Typer(no_args_is_help=True)
-eval_app = typer.Typer(no_args_is_help=True, help="Measure a model: retrieval recall, zero-shot accuracy.")
+eval_app = typer.Typer(
+    no_args_is_help=True, help="Measure a model: retrieval recall, zero-shot accuracy."
+)
 app.add_typer(eval_app, name="eval")
+
+
+@app.command("train")
+def train_command(
+    data: Path = typer.Option(
+        ..., help="Training pairs: CSV, TSV or JSONL of (image path, caption)."
+    ),
+    out: Path = typer.Option(
+        ..., help="Run directory: checkpoints/, best/ (exported model), logs."
+    ),
+    image_root: Path | None = typer.Option(
+        None, help="Image paths are relative to this (default: beside --data)."
+    ),
+    val_data: Path | None = typer.Option(
+        None, help="Validation pairs; the best epoch by recall is exported."
+    ),
+    split: str | None = typer.Option(
+        None, help="Keep only rows whose 'split' column has this value."
+    ),
+    val_split: str | None = typer.Option(None, help="Split of --val-data to validate on."),
+    image_col: str = typer.Option("filepath", help="Column holding the image path."),
+    text_col: str = typer.Option("caption", help="Column holding the caption."),
+    model: str = typer.Option(
+        registry.DEFAULT_MODEL, help="Architecture ('clipsearch models' lists them)."
+    ),
+    pretrained: str | None = typer.Option(
+        None, help="Start from: hub tag, local file or dir, or 'none'."
+    ),
+    loss: str = typer.Option("clip", help="clip (InfoNCE) or siglip (sigmoid)."),
+    epochs: int = typer.Option(10, min=1),
+    batch_size: int = typer.Option(
+        64, min=2, help="Per process; the global batch is this x processes."
+    ),
+    lr: float = typer.Option(5e-4, min=0.0),
+    weight_decay: float = typer.Option(0.1, min=0.0),
+    warmup_steps: int = typer.Option(100, min=0),
+    accum_steps: int = typer.Option(
+        1, min=1, help="Gradient accumulation (micro-batches per step)."
+    ),
+    precision: str = typer.Option("auto", help="auto (bf16 autocast), fp32, bf16, fp16 (GPU)."),
+    seed: int = typer.Option(0),
+    lock_image: bool = typer.Option(False, help="Freeze the image tower."),
+    lock_text: bool = typer.Option(
+        False, help="Freeze the text trunk (LiT); its outputs are cached."
+    ),
+    aug_scale: tuple[float, float] = typer.Option(
+        (0.5, 1.0), help="Random-resized-crop area range."
+    ),
+    workers: int = typer.Option(2, min=0, help="DataLoader decoding processes."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/latest.pt exactly."),
+    log_every: int = typer.Option(10, min=1, help="Log a progress line every N steps."),
+    checkpoint_every: int = typer.Option(
+        1,
+        min=1,
+        help="Validate, checkpoint and export the best model every N epochs (and at the end).",
+    ),
+) -> None:
+    """Train or fine-tune a dual encoder contrastively; runs unchanged under torchrun."""
+    from models.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=str(data),
+        out=str(out),
+        image_root=str(image_root) if image_root else None,
+        val_data=str(val_data) if val_data else None,
+        split=split,
+        val_split=val_split,
+        image_col=image_col,
+        text_col=text_col,
+        model=model,
+        pretrained=pretrained,
+        loss=loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        accum_steps=accum_steps,
+        precision=precision,
+        seed=seed,
+        lock_image=lock_image,
+        lock_text=lock_text,
+        aug_scale=aug_scale,
+        workers=workers,
+        device=device,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+    )
+    result = train(cfg, resume=resume)
+    if result:
+        typer.echo(json.dumps(result))
 
 
 @app.command("models")
@@ -17,3 +114,129 @@ def list_models() -> None:
     for name in registry.list_architectures():
         shipped = " (weights shipped)" if registry.shipped_weights(name) else ""
         typer.echo(f"{name}{shipped}")
+
+
+# --- clipsearch eval retrieval / zeroshot --------------------------------------------------------
+
+_EVAL_MODEL_HELP = (
+    "Architecture name ('clipsearch models' lists them); may be omitted when --pretrained is an "
+    "exported model directory, which names its own."
+)
+_EVAL_PRETRAINED_HELP = (
+    "Weights: a local file (.safetensors/.pt), an exported model directory, an open_clip hub tag, "
+    "or 'none' for random weights. Default: the weights shipped with --model."
+)
+
+
+def _eval_encoder(model: str | None, pretrained: str | None, device: str, precision: str):
+    from models.encoder import Encoder
+
+    return Encoder.load(model, pretrained, device=device, precision=precision)
+
+
+def _eval_workers(workers: int | None) -> int:
+    import os
+
+    return min(4, os.cpu_count() or 1) if workers is None else workers
+
+
+def _eval_print(result: dict, as_json: bool, title: str, provenance: dict) -> None:
+    import json
+
+    if as_json:
+        typer.echo(json.dumps(_eval_round(result), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    counts = {k: v for k, v in result.items() if k.startswith("n")}
+    table = Table(title=title, caption=", ".join(f"{k}={v}" for k, v in counts.items()))
+    directions = {k: v for k, v in result.items() if isinstance(v, dict)}
+    if directions:  # retrieval: one row per direction, one column per K
+        table.add_column("direction")
+        for k in next(iter(directions.values())):
+            table.add_column(k, justify="right")
+        for name, recalls in directions.items():
+            table.add_row(name.replace("_", " "), *(f"{v:.2f}" for v in recalls.values()))
+    else:  # zero-shot: one row per metric
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in result.items():
+            if k not in counts:
+                table.add_row(k, f"{v:.2f}")
+    console = Console()
+    console.print(table)
+    line = ", ".join(f"{k}={v}" for k, v in provenance.items())
+    console.print(line, style="dim", markup=False, highlight=False)
+
+
+def _eval_round(value):
+    if isinstance(value, dict):
+        return {k: _eval_round(v) for k, v in value.items()}
+    return round(value, 2) if isinstance(value, float) else value
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    data: str = typer.Option(
+        ..., "--data", help="CSV/TSV/JSONL file with an image path and a caption per row."
+    ),
+    image_root: str | None = typer.Option(
+        None, "--image-root", help="Directory image paths are relative to (default: the file's)."
+    ),
+    model: str | None = typer.Option(None, "--model", help=_EVAL_MODEL_HELP),
+    pretrained: str | None = typer.Option(None, "--pretrained", help=_EVAL_PRETRAINED_HELP),
+    split: str | None = typer.Option(None, "--split", help="Keep only rows of this split."),
+    split_col: str = typer.Option("split", "--split-col", help="Column holding the split name."),
+    image_col: str = typer.Option("filepath", "--image-col", help="Column holding image paths."),
+    text_col: str = typer.Option("caption", "--text-col", help="Column holding captions."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Inputs per forward pass."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Image decoding processes (default: min(4, CPU cores))."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Image<->text retrieval recall@1/5/10 (percent); an image counts as found by any caption."""
+    from models.data import read_pairs
+    from models.evaluate import evaluate_retrieval
+
+    pairs = read_pairs(data, image_root, image_col, text_col, split=split, split_col=split_col)
+    encoder = _eval_encoder(model, pretrained, device, precision)
+    result = evaluate_retrieval(encoder, pairs, batch_size, _eval_workers(workers))
+    _eval_print(result, as_json, "Retrieval recall (%)", encoder.provenance.to_dict())
+
+
+@eval_app.command("zeroshot")
+def eval_zeroshot(
+    data: str = typer.Option(
+        ..., "--data", help="CSV/TSV/JSONL file with an image path and a class label per row."
+    ),
+    image_root: str | None = typer.Option(
+        None, "--image-root", help="Directory image paths are relative to (default: the file's)."
+    ),
+    model: str | None = typer.Option(None, "--model", help=_EVAL_MODEL_HELP),
+    pretrained: str | None = typer.Option(None, "--pretrained", help=_EVAL_PRETRAINED_HELP),
+    split: str | None = typer.Option(None, "--split", help="Keep only rows of this split."),
+    split_col: str = typer.Option("split", "--split-col", help="Column holding the split name."),
+    image_col: str = typer.Option("filepath", "--image-col", help="Column holding image paths."),
+    label_col: str = typer.Option("label", "--label-col", help="Column holding class labels."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Inputs per forward pass."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Image decoding processes (default: min(4, CPU cores))."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Zero-shot classification top-1/top-5 accuracy (percent); the classes are the labels seen."""
+    from models.data import read_pairs
+    from models.evaluate import evaluate_zeroshot
+
+    pairs = read_pairs(data, image_root, image_col, label_col, split=split, split_col=split_col)
+    encoder = _eval_encoder(model, pretrained, device, precision)
+    result = evaluate_zeroshot(
+        encoder, pairs, batch_size=batch_size, num_workers=_eval_workers(workers)
+    )
+    _eval_print(result, as_json, "Zero-shot accuracy (%)", encoder.provenance.to_dict())

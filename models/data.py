@@ -34,7 +34,7 @@ def detect_separator(header: str) -> str:
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -46,14 +46,16 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                     raise DataError(f"{path}, line {n}: expected a JSON object per line")
                 yield n, {k: "" if v is None else str(v) for k, v in row.items()}
         return
-    with open(path, encoding="utf-8", newline="") as f:
+    # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column name.
+    with open(path, encoding="utf-8-sig", newline="") as f:
         header = f.readline()
         if not header.strip():
             raise DataError(f"{path}: empty file, expected a header line")
         f.seek(0)
         reader = csv.DictReader(f, delimiter=detect_separator(header))
         for row in reader:
-            yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+            # A short row leaves its missing fields None: make them empty so they are reported.
+            yield reader.line_num, {k: v or "" for k, v in row.items() if k is not None}
 
 
 def read_pairs(

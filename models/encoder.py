@@ -6,6 +6,7 @@ Embeddings are L2-normalised float32 arrays of shape (N, D), so inner product is
 from __future__ import annotations
 
 import logging
+import pickle
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from models import registry, weights
 from models.errors import ModelError
@@ -25,6 +27,20 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 RANDOM_INIT_SEED = 0
+# What building a model and loading its checkpoint raise for bad input. A corrupt, truncated or
+# empty file can raise SafetensorError, UnpicklingError, EOFError or IndexError; weights of another
+# architecture can fail open_clip's shape asserts.
+_LOAD_ERRORS = (
+    RuntimeError,
+    ValueError,
+    KeyError,
+    OSError,
+    SafetensorError,
+    pickle.UnpicklingError,
+    EOFError,
+    IndexError,
+    AssertionError,
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
 
 
 def _image_size(model: torch.nn.Module) -> int:
@@ -99,18 +118,33 @@ def load_model(
             "it is trained",
             stacklevel=2,
         )
-    ckpt = str(source.path) if source.kind == "file" else source.tag
+    partial = bool(source.omitted_prefixes)
+    ckpt = str(source.path) if source.kind == "file" and not partial else source.tag
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             net, pre_train, pre_val = open_clip.create_model_and_transforms(
                 name, pretrained=ckpt, device=device, aug_cfg=aug_cfg
             )
+        if partial:
+            _load_partial(net, source)
         tokenizer = open_clip.get_tokenizer(name)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
+    except _LOAD_ERRORS as e:
         raise ModelError(f"could not load {name} with weights {source.describe()}: {e}") from e
     dim = int(open_clip.get_model_config(name)["embed_dim"])
     return LoadedModel(net, pre_train, pre_val, tokenizer, name, source, dim, _image_size(net))
+
+
+def _load_partial(net: torch.nn.Module, source: weights.WeightsSource) -> None:
+    """Load a checkpoint that leaves out towers rebuilt from their packages, and nothing else."""
+    state = open_clip.load_state_dict(str(source.path))
+    result = net.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(source.omitted_prefixes)]
+    if missing or result.unexpected_keys:
+        raise ModelError(
+            f"{source.path} does not match {source.model}: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
 
 
 class Encoder:
@@ -187,7 +221,9 @@ class Encoder:
         out = [np.zeros((0, self.dim), np.float32)]
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
-            out.append(self.encode_image_tensor(torch.stack([self.preprocess_image(x) for x in chunk])))
+            out.append(
+                self.encode_image_tensor(torch.stack([self.preprocess_image(x) for x in chunk]))
+            )
         return np.concatenate(out)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:

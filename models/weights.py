@@ -29,6 +29,8 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 EXPORT_FORMAT_VERSION = 1
 HUB_HOST = "huggingface.co"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+# Parameters that shape a training loss but not the embeddings (SigLIP's bias).
+TRAINING_ONLY_KEYS = frozenset({"logit_bias"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class WeightsSource:
     path: Path | None = None
     tag: str | None = None
     model_cfg: dict[str, Any] | None = None
+    # State-dict prefixes left out of the file on purpose: those towers load their own package
+    # weights (a frozen pretrained text trunk need not be shipped again).
+    omitted_prefixes: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.kind == "file":
@@ -68,8 +73,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def read_model_dir(path: Path) -> tuple[str | None, dict[str, Any], Path]:
-    """Read an exported model directory: (model name or None, model_cfg, weights file)."""
+def read_model_dir(path: Path, model: str | None = None) -> WeightsSource:
+    """Read a model directory; ``model`` names a config without a name (else the folder does)."""
     config = json.loads((path / CONFIG_FILE).read_text())
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
@@ -77,8 +82,21 @@ def read_model_dir(path: Path) -> tuple[str | None, dict[str, Any], Path]:
         if not found:
             raise ModelError(f"{path} has {CONFIG_FILE} but no weights file ({WEIGHTS_FILE})")
         weights = found[0]
-    name = config.get("clipsearch", {}).get("model")
-    return name, config.get("model_cfg", config), weights
+    block = config.get("clipsearch", {})
+    named = block.get("model")
+    if model and named and model != named:
+        # Registering the directory's config under another name would replace that
+        # architecture for the rest of the process.
+        raise ModelError(
+            f"{path} holds a {named!r} model, not {model!r}: omit --model or pass --model {named}"
+        )
+    return WeightsSource(
+        "file",
+        named or model or path.name,
+        weights.resolve(),
+        model_cfg=config.get("model_cfg", config),
+        omitted_prefixes=tuple(block.get("omitted_prefixes", ())),
+    )
 
 
 def resolve(model: str | None, pretrained: str | None) -> WeightsSource:
@@ -103,8 +121,7 @@ def resolve(model: str | None, pretrained: str | None) -> WeightsSource:
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise ModelError(f"{path} is a directory without {CONFIG_FILE}; pass the weights file")
-        dir_name, cfg, weights = read_model_dir(path)
-        return WeightsSource("file", model or dir_name or path.name, weights.resolve(), None, cfg)
+        return read_model_dir(path, model)
     if path.is_file():
         return WeightsSource("file", model or registry.DEFAULT_MODEL, path.resolve())
     name = model or registry.DEFAULT_MODEL
@@ -131,14 +148,25 @@ def check_hub(source: WeightsSource) -> None:
 
 
 def export_model_dir(
-    model: torch.nn.Module, model_name: str, out_dir: Path, extra: dict[str, Any] | None = None
+    model: torch.nn.Module,
+    model_name: str,
+    out_dir: Path,
+    extra: dict[str, Any] | None = None,
+    omit_prefixes: tuple[str, ...] = (),
 ) -> Path:
-    """Write ``model`` as a self-describing model directory, atomically (temp dir, then rename)."""
+    """Write ``model`` as a self-describing model directory, atomically (temp dir, then rename).
+
+    ``omit_prefixes`` leaves out parameters that the architecture reloads from its own package.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {
+            k: v.detach().contiguous().cpu()
+            for k, v in model.state_dict().items()
+            if k not in TRAINING_ONLY_KEYS and not k.startswith(tuple(omit_prefixes))
+        }
         save_file(state, str(tmp / WEIGHTS_FILE))
         config = {
             "model_cfg": registry.raw_config(model_name),
@@ -146,6 +174,7 @@ def export_model_dir(
             "clipsearch": {
                 "model": model_name,
                 "format_version": EXPORT_FORMAT_VERSION,
+                "omitted_prefixes": list(omit_prefixes),
                 **(extra or {}),
             },
         }

@@ -1,0 +1,125 @@
+"""Encoder and training throughput beside the machine's matmul peak, measured in one run.
+
+    .venv/bin/python benchmarks/bench_models.py [--model ViT-B-32] [--batch 32] [--steps 4]
+
+Prints a markdown table. Absolute rates on shared machines drift; the ratio to the matmul peak
+measured a moment before in the same process is the figure to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.distributed import init_distributed
+from models.encoder import Encoder
+from models.train import TrainConfig, Trainer
+
+warnings.filterwarnings("ignore", message=".*random weights.*")
+
+
+def best_rate(fn: Callable[[], None], work: float, repeats: int) -> float:
+    """Work per second of the fastest of ``repeats`` timed calls, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return work / best
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return best_rate(lambda: a @ b, 2 * n**3 / 1e9, repeats=5)
+
+
+def flops_of(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def encoder_rates(model: str, batch: int) -> dict[str, tuple[float, float]]:
+    """images/s and GFLOP/s of the image tower, fp32 and bf16 weights."""
+    out = {}
+    for precision in ("fp32", "bf16"):
+        encoder = Encoder.load(model, "none", device="cpu", precision=precision)
+        x = torch.randn(batch, 3, encoder.image_size, encoder.image_size)
+        gflop = flops_of(lambda e=encoder, x=x: e.encode_image_tensor(x)) / 1e9 / batch
+        rate = best_rate(lambda e=encoder, x=x: e.encode_image_tensor(x), batch, repeats=3)
+        out[precision] = (rate, rate * gflop)
+    return out
+
+
+def training_rate(model: str, batch: int, steps: int, precision: str) -> tuple[float, float]:
+    """samples/s and GFLOP/s of full optimizer steps (forward, loss, backward, AdamW)."""
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        lines = ["filepath,caption"]
+        for i in range(batch):
+            Image.new("RGB", (64, 64), (i * 7 % 255, 90, 160)).save(root / f"{i}.png")
+            lines.append(f"{i}.png,a photo number {i} of a small blue square on grey")
+        (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+        cfg = TrainConfig(
+            data=str(root / "pairs.csv"),
+            out=str(root / "run"),
+            model=model,
+            pretrained="none",
+            batch_size=batch,
+            precision=precision,
+            workers=0,
+            epochs=1,
+        )
+        trainer = Trainer(cfg, init_distributed("cpu"))
+        images, captions = next(iter(trainer.epoch_loader(0)))
+        step = [(images, captions)]
+        gflop = flops_of(lambda: trainer.train_step(step)) / 1e9 / batch
+        rate = best_rate(lambda: [trainer.train_step(step) for _ in range(steps)], steps * batch, 2)
+    return rate, rate * gflop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+
+    peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    enc = encoder_rates(args.model, args.batch)
+    train = {p: training_rate(args.model, args.batch, args.steps, p) for p in ("fp32", "bf16")}
+    peak_after = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+
+    print(f"{args.model}, random weights, batch {args.batch}, {threads} torch threads\n")
+    print("| what | precision | rate | GFLOP/s | of matmul peak |")
+    print("| --- | --- | --- | --- | --- |")
+    for p in ("fp32", "bf16"):
+        print(f"| matmul n=2048 (peak) | {p} | | {peak[p]:.0f} | 1.00 |")
+    for p in ("fp32", "bf16"):
+        rate, gf = enc[p]
+        print(f"| image encoder (inference) | {p} weights | {rate:.1f} img/s | {gf:.0f} "
+              f"| {gf / peak[p]:.2f} |")  # fmt: skip
+    for p in ("fp32", "bf16"):
+        rate, gf = train[p]
+        label = "fp32" if p == "fp32" else "bf16 autocast"
+        print(f"| training step (both towers, AdamW) | {label} | {rate:.1f} samples/s | {gf:.0f} "
+              f"| {gf / peak[p]:.2f} |")  # fmt: skip
+    drift = {p: peak_after[p] / peak[p] for p in peak}
+    print(f"\nmatmul peak re-measured at the end: fp32 x{drift['fp32']:.2f}, ", end="")
+    print(f"bf16 x{drift['bf16']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Contrastive losses for the dual encoder: CLIP's softmax InfoNCE and SigLIP's sigmoid loss.
+
+Both take L2-normalised features and the model's *log* temperature (``model.logit_scale``, not
+its exponential: open_clip's ``CLIP.forward`` returns ``logit_scale.exp()``, which must not be
+passed here). Under torch.distributed each rank gathers every rank's features and computes the
+loss over the global batch, so with DDP's gradient averaging N ranks train exactly like one
+process on the concatenated batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.distributed import gather_features
+
+log = logging.getLogger(__name__)
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE: each image must pick its caption among all captions, and vice versa."""
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean of image->text and text->image cross-entropy over the global batch.
+
+        Row ``i`` of the images matches row ``i`` of the texts (labels are ``arange``).
+        """
+        all_images, all_texts = gather_features(image_features, text_features)
+        logits_per_image = logit_scale.exp() * all_images @ all_texts.T
+        labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+        return (
+            F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_image.T, labels)
+        ) / 2
+
+
+class SigLipLoss(nn.Module):
+    """SigLIP: an independent binary match/no-match decision for every image-caption pair.
+
+    No softmax over the batch, so the loss needs no normalisation across rows; the learnable
+    bias offsets the heavy imbalance of B positives against B*(B-1) negatives.
+    """
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """``-sum(logsigmoid(labels * logits)) / batch``, with +1 labels on the diagonal, -1 off it.
+
+        ``batch`` is the global number of images, as in the SigLIP paper.
+        """
+        all_images, all_texts = gather_features(image_features, text_features)
+        logits = logit_scale.exp() * all_images @ all_texts.T + logit_bias
+        n = logits.shape[0]
+        labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+        return -F.logsigmoid(labels * logits).sum() / n
+
+
+LOSSES: dict[str, type[nn.Module]] = {"clip": ClipLoss, "siglip": SigLipLoss}
+
+
+def create_loss(kind: str) -> nn.Module:
+    """Build the loss named on the command line (``clip`` or ``siglip``)."""
+    try:
+        cls = LOSSES[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown loss {kind!r}; choose one of: {', '.join(sorted(LOSSES))}"
+        ) from None
+    log.debug("using %s", cls.__name__)
+    return cls()
+
+
+def clamp_logit_scale(model: nn.Module, max_scale: float = math.log(100)) -> None:
+    """Keep the learnable log-temperature in ``[0, max_scale]``; call after each optimizer step.
+
+    Without the cap the temperature keeps growing (CLIP caps the logit multiplier at 100), which
+    destabilises training. Accepts a DDP-wrapped model (uses ``model.module``).
+    """
+    target = model
+    if not hasattr(target, "logit_scale") and hasattr(target, "module"):
+        target = target.module
+    scale = getattr(target, "logit_scale", None)
+    if not isinstance(scale, torch.Tensor):
+        raise ValueError(f"{type(model).__name__} has no logit_scale parameter to clamp")
+    with torch.no_grad():
+        scale.clamp_(0, max_scale)
