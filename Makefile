@@ -3,7 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format demo bench
+DEMO_IMAGES ?= ../shared/data/flickr8k/images
+DEMO_INDEX ?= runs/demo-index
+CLI := $(VENV)/bin/clipsearch
+
+.PHONY: setup test lint format demo serve
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,5 +30,12 @@ format: setup
 test: lint
 	$(PY) -m pytest -q
 
+# The main job on its offline default: index a photo folder with the shipped model, then search it.
 demo: setup
-	$(VENV)/bin/clipsearch demo
+	$(CLI) index $(DEMO_IMAGES) --index $(DEMO_INDEX)
+	$(CLI) info --index $(DEMO_INDEX)
+	$(CLI) search --index $(DEMO_INDEX) --text "a dog running through the grass" -k 5
+	$(CLI) search --index $(DEMO_INDEX) --text "children playing in the water" -k 5
+
+serve: setup
+	$(CLI) serve --index $(DEMO_INDEX)

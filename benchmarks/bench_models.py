@@ -1,6 +1,7 @@
 """Encoder and training throughput beside the machine's matmul peak, measured in one run.
 
-    .venv/bin/python benchmarks/bench_models.py [--model ViT-B-32] [--batch 32] [--steps 4]
+    .venv/bin/python benchmarks/bench_models.py [--model ViT-B-32] [--batch 32] [--steps 1]
+    .venv/bin/python benchmarks/bench_models.py --vs-default    # shipped model vs ViT-B-32
 
 Prints a markdown table. Absolute rates on shared machines drift; the ratio to the matmul peak
 measured a moment before in the same process is the figure to compare.
@@ -88,12 +89,56 @@ def training_rate(model: str, batch: int, steps: int, precision: str) -> tuple[f
     return rate, rate * gflop
 
 
+def inference_rates(model: str, pretrained: str | None, texts: list[str]) -> dict[str, float]:
+    """images/s (batch 32) and texts/s (batch 64 and one at a time), bf16 and fp32 weights."""
+    out = {}
+    for precision in ("fp32", "bf16"):
+        encoder = Encoder.load(model, pretrained, device="cpu", precision=precision)
+        x = torch.randn(32, 3, encoder.image_size, encoder.image_size)
+        out[f"images/s {precision}"] = best_rate(
+            lambda e=encoder, x=x: e.encode_image_tensor(x), 32, 3
+        )
+        out[f"texts/s {precision}"] = best_rate(
+            lambda e=encoder: e.encode_texts(texts[:64], batch_size=64), 64, 3
+        )
+        out[f"texts/s {precision} batch 1"] = best_rate(
+            lambda e=encoder: [e.encode_texts([t]) for t in texts[:16]], 16, 3
+        )
+    return out
+
+
+def compare_default_model(baseline: str) -> None:
+    """The shipped model's CPU inference speed as a ratio to ``baseline`` (random weights)."""
+    from models.data import read_pairs
+    from models.registry import DEFAULT_MODEL
+
+    captions = Path(__file__).resolve().parents[2] / "shared/data/flickr8k/captions.csv"
+    if captions.is_file():
+        texts = [p.text for p in read_pairs(captions, split="val", check_images=False)[:64]]
+    else:
+        texts = [f"a dog number {i} runs across the green grass in a park ." for i in range(64)]
+    ours = inference_rates(DEFAULT_MODEL, None, texts)
+    base = inference_rates(baseline, "none", texts)
+    print(f"{DEFAULT_MODEL} (shipped weights) vs {baseline} (random weights), one run, ")
+    print(f"{torch.get_num_threads()} torch threads; texts are Flickr8k val captions\n")
+    print(f"| what | {DEFAULT_MODEL} | {baseline} | ratio |")
+    print("| --- | --- | --- | --- |")
+    for key in ours:
+        print(f"| {key} | {ours[key]:.1f} | {base[key]:.1f} | {ours[key] / base[key]:.1f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument(
+        "--vs-default", action="store_true", help="Compare the shipped model's speed to --model."
+    )
     args = parser.parse_args()
+    if args.vs_default:
+        compare_default_model(args.model)
+        return
     torch.manual_seed(0)
     threads = torch.get_num_threads()
 

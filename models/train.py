@@ -11,6 +11,7 @@ the text projection is then trained, which saves most of the text tower's comput
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -254,7 +255,7 @@ class Trainer:
             model.lock_text_tower(unlocked_layers=0)
         self.text_cached = cfg.lock_text
         self.text_inputs = (
-            text_trunk_features(self.loaded, self.captions, self.device)
+            self.cached_text_features()
             if self.text_cached
             else self.loaded.tokenizer(self.captions)
         )
@@ -286,6 +287,25 @@ class Trainer:
             raise ClipsearchError("batch size x accumulation exceeds the data; lower them")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.epoch, self.step, self.best = 0, 0, -1.0
+
+    def cached_text_features(self) -> torch.Tensor:
+        """The frozen trunk's outputs, kept in OUT so that a resumed run skips recomputing them."""
+        source = self.loaded.source
+        key = hashlib.sha256(
+            json.dumps([self.loaded.name, source.describe(), self.captions]).encode()
+        ).hexdigest()
+        if source.path is not None:
+            key += f"-{source.path.stat().st_size}-{source.path.stat().st_mtime_ns}"
+        path = self.out / "text_features.pt"
+        if path.is_file():
+            cached = torch.load(path, weights_only=True)
+            if cached.get("key") == key:
+                return cached["features"]
+        features = text_trunk_features(self.loaded, self.captions, self.device)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save({"key": key, "features": features}, path)
+        return features
 
     # --- data -----------------------------------------------------------------------------
     def epoch_loader(self, epoch: int) -> DataLoader:
