@@ -10,6 +10,8 @@ import sys
 
 import typer
 
+from app.serve import serve as serve_command
+from indexer.cli import app as indexer_app
 from models.cli import app as models_app
 from models.errors import ClipsearchError
 
@@ -19,7 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-for _group in (models_app,):
+app.command("serve")(serve_command)
+for _group in (models_app, indexer_app):
     for _command in _group.registered_commands:
         app.registered_commands.append(_command)
     for _sub in _group.registered_groups:
@@ -27,9 +30,11 @@ for _group in (models_app,):
 
 
 def _quiet_libraries() -> None:
-    """Keep third-party load chatter (transformers' load reports, open_clip info) off the terminal."""
+    """Keep third-party chatter (transformers' load reports, open_clip info) off the terminal."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)
+    logging.captureWarnings(True)  # our own warnings (random weights, ...) as one log line
+    logging.getLogger("py.warnings").setLevel(logging.WARNING)
     for name in ("models", "indexer", "app"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:

@@ -42,13 +42,11 @@ def draw(shape: str, fg: str, bg: str, size: int = 64) -> Image.Image:
 
 def combos(n: int) -> list[tuple[str, str, str]]:
     """The first ``n`` distinct (shape, foreground, background) triples, fg != bg."""
-    out = [
-        (s, fg, bg)
-        for s, fg, bg in itertools.product(SHAPES, COLOURS, COLOURS)
-        if fg != bg
-    ]
+    out = [(s, fg, bg) for s, fg, bg in itertools.product(SHAPES, COLOURS, COLOURS) if fg != bg]
     # Interleave so that small n still varies shape and both colours.
-    out.sort(key=lambda c: (COLOURS_INDEX[c[1]] + COLOURS_INDEX[c[2]] * 3 + SHAPES.index(c[0]) * 7) % 29)
+    out.sort(
+        key=lambda c: (COLOURS_INDEX[c[1]] + COLOURS_INDEX[c[2]] * 3 + SHAPES.index(c[0]) * 7) % 29
+    )
     return out[:n]
 
 

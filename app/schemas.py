@@ -1,0 +1,132 @@
+"""Request and response bodies of the /v1 API (the OpenAPI schema at /docs is built from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Target = Literal["images", "texts"]
+
+
+class SearchFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path_prefix: str | None = Field(
+        None, max_length=4096, description="Only images whose stored path starts with this."
+    )
+
+
+class _SearchBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(10, ge=1, description="How many hits; at most the server's max_k.")
+    target: Target = Field("images", description="Search the images or the texts of the index.")
+    filter: SearchFilter | None = None
+
+    @property
+    def path_prefix(self) -> str | None:
+        return self.filter.path_prefix if self.filter else None
+
+
+class TextSearchRequest(_SearchBase):
+    query: str = Field(..., description="What to look for, in words.")
+
+
+class ImageSearchRequest(_SearchBase):
+    image: str | None = Field(None, description="The query image as base64 (a data: URL is fine).")
+    image_id: int | None = Field(None, description="Search by an image already in the index.")
+
+
+class VectorSearchRequest(_SearchBase):
+    vector: list[float] = Field(..., description="A query embedding of the index's dimension.")
+
+
+class Hit(BaseModel):
+    id: int
+    score: float
+    kind: Literal["image", "text"]
+    path: str | None = None
+    text: str | None = None
+    url: str | None = Field(None, description="The original image, served by id.")
+    thumbnail_url: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    target: Target
+    took_ms: float
+
+
+class EmbedTextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(..., min_length=1)
+
+
+class ImageBatch(BaseModel):
+    """Images as base64 strings (JSON form of the embed and add endpoints)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(..., min_length=1, description="Images as base64.")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int
+    embeddings: list[list[float]]
+
+
+class AddImagesResponse(BaseModel):
+    added: list[Hit]
+    report: dict[str, Any]
+
+
+class DeleteResponse(BaseModel):
+    id: int
+    removed: bool
+
+
+class IndexInfo(BaseModel):
+    stats: dict[str, Any]
+    provenance: dict[str, Any]
+    directory: str
+    service: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (401, "A key is needed and none was sent"),
+        (403, "The key is wrong, or writes are off"),
+        (404, "No such id"),
+        (413, "Upload or image too large"),
+        (415, "Not an image"),
+        (422, "Invalid request"),
+        (503, "The index is not loaded yet"),
+    )
+}
+
+
+def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Register the bodies that routes parse by hand (JSON or multipart on one path), which
+    FastAPI cannot see, so the ``$ref`` in those routes' ``openapi_extra`` resolve."""
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ImageSearchRequest, ImageBatch):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    return openapi

@@ -1,0 +1,68 @@
+"""``clipsearch serve``: flags override ``CLIPSEARCH_*`` environment variables, which override
+the defaults in ``app.settings``. Keys are read from the environment only (never argv, which any
+local user can see)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+
+from models.errors import ClipsearchError
+
+
+class ConfigError(ClipsearchError):
+    """The service's settings are invalid; the message names the setting."""
+
+
+def serve(
+    index: Path | None = typer.Option(
+        None, "--index", "-i", help="Index directory (else $CLIPSEARCH_INDEX_DIR)."
+    ),
+    host: str | None = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default 8000)."),
+    batching: bool | None = typer.Option(
+        None, "--batching/--no-batching", help="Dynamic batching of concurrent text queries."
+    ),
+    reload_interval: float | None = typer.Option(
+        None, help="Seconds between checks for index changes; 0 turns them off."
+    ),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+    access_log: bool = typer.Option(False, help="Log every request."),
+) -> None:
+    """Serve an index over HTTP: the /v1 API (docs at /docs), a web page at /, and the
+    clip-retrieval endpoints. Other settings come from CLIPSEARCH_* environment variables."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    overrides = {
+        "index_dir": index,
+        "host": host,
+        "port": port,
+        "batching": batching,
+        "reload_interval_s": reload_interval,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"setting {name} (CLIPSEARCH_{name.upper()}): {err['msg']}") from e
+    if settings.index_dir is None:
+        raise ConfigError("no index given: pass --index DIR or set CLIPSEARCH_INDEX_DIR")
+    if not settings.index_dir.is_dir():
+        raise ConfigError(
+            f"{settings.index_dir} is not a directory; create the index first "
+            f"(clipsearch index PATH... --index {settings.index_dir})"
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=5,
+    )
