@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+from open_clip.factory import load_state_dict
 from PIL import Image
 from safetensors import SafetensorError
 
@@ -137,7 +138,7 @@ def load_model(
 
 def _load_partial(net: torch.nn.Module, source: weights.WeightsSource) -> None:
     """Load a checkpoint that leaves out towers rebuilt from their packages, and nothing else."""
-    state = open_clip.load_state_dict(str(source.path))
+    state = load_state_dict(str(source.path))
     result = net.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(source.omitted_prefixes)]
     if missing or result.unexpected_keys:

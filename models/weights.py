@@ -180,8 +180,10 @@ def export_model_dir(
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         for f in tmp.iterdir():
+            f.chmod(0o644)  # a model is meant to be shared: mkdtemp's private modes are not
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        tmp.chmod(0o755)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -128,6 +128,44 @@ def test_export_then_load_gives_identical_embeddings(tiny_dir, tiny: Encoder) ->
     assert not np.allclose(tiny.encode_texts(TEXTS), text_emb, atol=1e-4)
 
 
+def test_export_can_leave_out_a_tower_that_reloads_itself(tmp_path: Path) -> None:
+    # The shipped model leaves out its frozen text trunk, which its package provides; here the
+    # text transformer is left out and comes back from the (seeded) initialisation instead.
+    loaded = load_model(TINY, "none")
+    _perturb(loaded.model)
+    out = weights.export_model_dir(
+        loaded.model, TINY, tmp_path / "m", omit_prefixes=("transformer.",)
+    )
+    enc = Encoder(loaded, torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = Encoder.load(None, str(out), device="cpu")
+    np.testing.assert_array_equal(again.encode_texts(TEXTS), enc.encode_texts(TEXTS))
+    np.testing.assert_array_equal(again.encode_images(_images()), enc.encode_images(_images()))
+    # Leaving out anything else is refused rather than silently random.
+    from safetensors.torch import load_file
+
+    state = load_file(out / weights.WEIGHTS_FILE)
+    save_file(
+        {k: v for k, v in state.items() if not k.startswith("visual.")}, out / weights.WEIGHTS_FILE
+    )
+    with pytest.raises(ModelError, match="missing"):
+        Encoder.load(None, str(out), device="cpu")
+
+
+def test_shipped_default_model_loads_offline() -> None:
+    from models.registry import DEFAULT_MODEL, shipped_weights
+
+    if shipped_weights(DEFAULT_MODEL) is None:
+        pytest.fail(f"{DEFAULT_MODEL} must ship its weights under models/weights/")
+    enc = Encoder.load(device="cpu")
+    assert enc.name == DEFAULT_MODEL and enc.dim == 256
+    texts = enc.encode_texts(
+        ["a dog runs on the grass", "a dog running across a lawn", "a red car"]
+    )
+    assert texts[0] @ texts[1] > texts[0] @ texts[2]
+
+
 def test_export_dir_with_another_model_name_is_refused(tiny_dir) -> None:
     out, _, _ = tiny_dir
     with pytest.raises(ModelError, match=r"holds a 'clipsearch-tiny' model.*--model"):
