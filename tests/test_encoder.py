@@ -153,19 +153,6 @@ def test_export_can_leave_out_a_tower_that_reloads_itself(tmp_path: Path) -> Non
         Encoder.load(None, str(out), device="cpu")
 
 
-def test_shipped_default_model_loads_offline() -> None:
-    from models.registry import DEFAULT_MODEL, shipped_weights
-
-    if shipped_weights(DEFAULT_MODEL) is None:
-        pytest.fail(f"{DEFAULT_MODEL} must ship its weights under models/weights/")
-    enc = Encoder.load(device="cpu")
-    assert enc.name == DEFAULT_MODEL and enc.dim == 256
-    texts = enc.encode_texts(
-        ["a dog runs on the grass", "a dog running across a lawn", "a red car"]
-    )
-    assert texts[0] @ texts[1] > texts[0] @ texts[2]
-
-
 def test_export_dir_with_another_model_name_is_refused(tiny_dir) -> None:
     out, _, _ = tiny_dir
     with pytest.raises(ModelError, match=r"holds a 'clipsearch-tiny' model.*--model"):
