@@ -1,0 +1,209 @@
+"""``clipsearch index``, ``index-text``, ``search`` and ``info``: thin calls into ``Index``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from indexer.errors import QueryError
+from indexer.index import Index
+from indexer.layout import INDEX_TYPES
+from indexer.results import IndexReport
+from indexer.texts import read_corpus
+
+app = typer.Typer(no_args_is_help=True)
+
+INDEX_OPT = typer.Option(..., "--index", "-i", help="Index directory (created if missing).")
+MODEL_OPT = typer.Option(
+    None, "--model", help="Architecture; a new index defaults to the project's model."
+)
+PRETRAINED_OPT = typer.Option(
+    None, "--pretrained", help="Weights: a file, a model directory, a hub tag, or 'none'."
+)
+DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+PRECISION_OPT = typer.Option(
+    None, "--precision", help="fp32 or bf16 (bf16 is ~2x faster on CPUs with AVX-512 bf16)."
+)
+
+
+def _print_report(report: IndexReport, as_json: bool, verbose: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    limit = None if verbose else 20
+    for s in report.skipped_files[:limit]:
+        typer.echo(f"skipped {s.path}: {s.reason} ({s.detail})", err=True)
+    if limit is not None and len(report.skipped_files) > limit:
+        typer.echo(
+            f"... and {len(report.skipped_files) - limit} more (--verbose lists all)", err=True
+        )
+    typer.echo(report.summary())
+
+
+@app.command("index")
+def index_command(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
+    index: Path = INDEX_OPT,
+    model: str | None = MODEL_OPT,
+    pretrained: str | None = PRETRAINED_OPT,
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder batch."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Decoding processes (default: CPU count, at most 4)."
+    ),
+    index_type: str | None = typer.Option(
+        None,
+        "--index-type",
+        help=f"{'|'.join(INDEX_TYPES)}; default: what the index has, 'auto' for a new one.",
+    ),
+    exclude: list[str] | None = typer.Option(
+        None, "--exclude", help="Glob of paths to leave out (repeatable), e.g. '*/thumbs/*'."
+    ),
+    max_memory: str | None = typer.Option(
+        None,
+        "--max-memory",
+        help="Memory budget for the FAISS indexes, e.g. 2G (IVF-PQ if needed).",
+    ),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", help="Skip images with more pixels (decompression bombs)."
+    ),
+    device: str = DEVICE_OPT,
+    precision: str | None = PRECISION_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List every skipped file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Index images incrementally: new and changed files are embedded, deleted ones dropped."""
+    idx = Index.create(
+        index,
+        model=model,
+        pretrained=pretrained,
+        index_type=index_type,
+        max_memory=max_memory,
+        max_pixels=max_pixels,
+        batch_size=batch_size,
+        workers=workers,
+        exclude=exclude or (),
+        device=device,
+        precision=precision,
+    )
+    try:
+        report = idx.add_images(paths, progress=not quiet and not as_json)
+    finally:
+        idx.close()
+    _print_report(report, as_json, verbose)
+
+
+@app.command("index-text")
+def index_text_command(
+    file: Path = typer.Argument(..., help="Captions, labels or tags: CSV/TSV, or one per line."),
+    index: Path = INDEX_OPT,
+    column: str | None = typer.Option(
+        None, "--column", help="CSV column to read (default: caption/text/label/tag...)."
+    ),
+    model: str | None = MODEL_OPT,
+    pretrained: str | None = PRETRAINED_OPT,
+    device: str = DEVICE_OPT,
+    precision: str | None = PRECISION_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Add a text corpus in the same space, for image→text search (--target texts)."""
+    texts = read_corpus(file, column)
+    idx = Index.create(
+        index,
+        model=model,
+        pretrained=pretrained,
+        index_type=None,
+        device=device,
+        precision=precision,
+    )
+    try:
+        report = idx.add_texts(texts, progress=not quiet and not as_json)
+    finally:
+        idx.close()
+    _print_report(report, as_json, False)
+
+
+@app.command("search")
+def search_command(
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory."),
+    text: str | None = typer.Option(None, "--text", "-t", help="Search with this text."),
+    image: Path | None = typer.Option(None, "--image", help="Search with this image file."),
+    target: str = typer.Option("images", "--target", help="images or texts."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of results."),
+    path_prefix: str | None = typer.Option(
+        None, "--path-prefix", help="Only images under this path."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
+    device: str = DEVICE_OPT,
+) -> None:
+    """Find the images (or texts) nearest to a text or an image."""
+    if (text is None) == (image is None):
+        raise QueryError("give exactly one of --text or --image")
+    idx = Index.open(index, device=device)
+    try:
+        if text is not None:
+            hits = idx.search_text(text, k, target, path_prefix)
+        else:
+            hits = idx.search_image(image, k, target, path_prefix)  # type: ignore[arg-type]
+    finally:
+        idx.close()
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    if not hits:
+        typer.echo("no results")
+    for rank, h in enumerate(hits, 1):
+        typer.echo(f"{rank:3d}  {h.score:+.4f}  #{h.id}  {h.path if h.kind == 'image' else h.text}")
+
+
+@app.command("info")
+def info_command(
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+) -> None:
+    """Counts, model, index types, recall@10, sizes and format version of an index."""
+    idx = Index.open(index, lazy=True)
+    try:
+        stats = idx.stats()
+    finally:
+        idx.close()
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    mib = 1 << 20
+    lines = [
+        f"index      {stats['directory']} (format {stats['format_version']}, "
+        f"schema {stats['schema_version']}, generation {stats['generation']})",
+        f"model      {stats['model']} (weights {stats['pretrained']}, dim {stats['dim']}, "
+        f"{stats['precision']})",
+        f"images     {stats['images']}",
+        f"texts      {stats['texts']}",
+        f"skipped    {stats['skipped']}"
+        + (
+            " (" + ", ".join(f"{r} {n}" for r, n in stats["skipped_by_reason"].items()) + ")"
+            if stats["skipped"]
+            else ""
+        ),
+    ]
+    for target, d in stats["indexes"].items():
+        recall = d.get("recall@10")
+        extra = []
+        if recall is not None:
+            extra.append("exact" if d.get("exact") else f"recall@10 {recall:.3f}")
+        for key in ("nprobe", "efSearch"):
+            if key in d:
+                extra.append(f"{key} {d[key]}")
+        if not d.get("up_to_date"):
+            extra.append("stale: rebuilt on next open")
+        lines.append(
+            f"{target:<10} {d.get('factory') or d.get('type')}, {d.get('vectors', 0)} vectors"
+            + (f" ({', '.join(extra)})" if extra else "")
+        )
+    total, cat, fai = (
+        stats["sizes"][k] / mib for k in ("total_bytes", "catalog_bytes", "faiss_bytes")
+    )
+    lines.append(f"size       {total:.1f} MiB (catalog {cat:.1f}, faiss {fai:.1f})")
+    typer.echo("\n".join(lines))

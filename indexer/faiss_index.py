@@ -1,0 +1,462 @@
+"""FAISS indexes: choosing one, training it, tuning it against exact search, saving it atomically.
+
+Vectors are L2-normalised, so every index uses inner product (cosine). FAISS ids are the catalog's
+stable ids: ``IDMap2`` wraps the flat and HNSW indexes, IVF indexes take ids natively.
+
+``auto`` picks exact flat search below ``flat_threshold`` vectors and IVF-Flat above (IVF trains
+in seconds where HNSW takes minutes per million, and supports removal, so incremental updates stay
+cheap); IVF-PQ when the flat vectors would not fit ``max_memory``. Trained indexes learn from a
+sample that mixes in vectors of the other modality when there are any (a quantizer trained on
+images alone serves text queries badly: clip-retrieval #76), then ``nprobe`` / ``efSearch`` is
+raised until recall@10 against exact search on held-out queries (both modalities) reaches the
+target. The recall measured is stored with the checkpoint and shown by ``info``.
+
+An :class:`FaissState` is immutable once published: updates clone the index, change the clone and
+publish a new state, so readers holding the old one are never disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexer.errors import IndexError_, IndexFormatError
+from indexer.layout import IndexSettings, atomic_write_bytes, checkpoint_paths, fsync_dir, tmp_name
+
+log = logging.getLogger(__name__)
+
+RECALL_K = 10
+HELD_OUT = 100  # held-out queries per modality
+MIN_TRAIN = 256  # fewer vectors than this: exact search, nothing to train on
+OTHER_SHARE = 0.3  # at most this share of a training sample comes from the other modality
+MIN_OTHER_FOR_MIXING = 100  # other-modality vectors that make a single-modality index retrain
+HNSW_EF = (16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to build: ``type`` plus its shape parameters."""
+
+    type: str  # flat | hnsw | ivf | ivfpq
+    nlist: int = 0
+    pq_m: int = 0
+    pq_nbits: int = 8
+    hnsw_m: int = 32
+
+    @property
+    def trained(self) -> bool:
+        return self.type in ("ivf", "ivfpq")
+
+    def factory(self) -> str:
+        if self.type == "flat":
+            return "IDMap2,Flat"
+        if self.type == "hnsw":
+            return f"IDMap2,HNSW{self.hnsw_m}"
+        if self.type == "ivf":
+            return f"IVF{self.nlist},Flat"
+        if self.type == "ivfpq":
+            return f"IVF{self.nlist},PQ{self.pq_m}x{self.pq_nbits}"
+        raise ValueError(f"unknown index type {self.type!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "factory": self.factory()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Spec:
+        return cls(d["type"], d["nlist"], d["pq_m"], d["pq_nbits"], d["hnsw_m"])
+
+
+def estimate_bytes(spec: Spec, n: int, dim: int) -> int:
+    """Rough resident size of an index of ``n`` vectors (ids included)."""
+    if spec.type == "flat":
+        return n * (4 * dim + 24)
+    if spec.type == "hnsw":
+        return n * (4 * dim + 24 + spec.hnsw_m * 2 * 4 + 16)
+    coarse = spec.nlist * dim * 4
+    if spec.type == "ivf":
+        return n * (4 * dim + 8) + coarse
+    code = math.ceil(spec.pq_m * spec.pq_nbits / 8)
+    return n * (code + 8) + coarse + dim * (1 << spec.pq_nbits) * 4
+
+
+def nlist_for(n: int) -> int:
+    """About 4·√n lists (a power of two), with at least 39 training points per list."""
+    target = 4 * math.sqrt(max(n, 1))
+    nlist = 1 << max(0, round(math.log2(target)))
+    while nlist > 1 and nlist * 39 > n:
+        nlist //= 2
+    return min(nlist, 65536)
+
+
+def _pq_nbits(n: int) -> int:
+    return int(max(1, min(8, math.floor(math.log2(max(n, 2) / 39)))))
+
+
+def _divisors(dim: int) -> list[int]:
+    return [m for m in range(1, dim + 1) if dim % m == 0]
+
+
+def parse_bytes(value: str | int | None) -> int | None:
+    """``"2G"``, ``"512MiB"``, ``"1.5GB"`` or a number of bytes."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    s = str(value).strip().upper().replace("IB", "").rstrip("B")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise IndexError_(
+            f"cannot read {value!r} as a memory size; write it like 512M, 2G or 2147483648"
+        ) from None
+
+
+def choose_spec(settings: IndexSettings, n: int, dim: int, budget: int | None = None) -> Spec:
+    """The index to build for ``n`` vectors under ``settings`` (``budget``: bytes for this one)."""
+    kind = settings.type
+    budget = budget if budget is not None else settings.max_memory
+    if kind == "auto":
+        if budget is not None and estimate_bytes(Spec("flat"), n, dim) > budget:
+            kind = "ivfpq"
+        elif n < settings.flat_threshold:
+            kind = "flat"
+        else:
+            kind = "ivf"
+    if kind in ("ivf", "ivfpq") and n < MIN_TRAIN:
+        return Spec("flat")  # nothing to train on yet; exact search is also the fastest here
+    if kind == "flat":
+        return Spec("flat")
+    if kind == "hnsw":
+        return Spec("hnsw")
+    nlist = nlist_for(n)
+    if kind == "ivf":
+        return Spec("ivf", nlist=nlist)
+    nbits = _pq_nbits(n)
+    options = [m for m in _divisors(dim) if m <= max(1, dim // 2) and m * nbits <= 8 * dim]
+    default_m = max(m for m in options if m <= max(1, dim // 8))
+    if budget is None:
+        return Spec("ivfpq", nlist=nlist, pq_m=default_m, pq_nbits=nbits)
+    fitting = [
+        m for m in options if estimate_bytes(Spec("ivfpq", nlist, m, nbits), n, dim) <= budget
+    ]
+    if not fitting:
+        need = estimate_bytes(Spec("ivfpq", nlist, options[0], nbits), n, dim)
+        raise IndexError_(
+            f"--max-memory {budget} bytes is too small for {n} vectors of dim {dim}: even the "
+            f"smallest IVF-PQ needs about {need} bytes; raise --max-memory"
+        )
+    return Spec("ivfpq", nlist=nlist, pq_m=max(fitting), pq_nbits=nbits)
+
+
+# -- searching -----------------------------------------------------------------------------------
+
+
+def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    """A C-contiguous float32 (n, dim) copy of ``queries``, L2-normalised."""
+    q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must have shape (n, {dim}), not {tuple(np.shape(queries))}")
+    if not np.isfinite(q).all():
+        raise ValueError("queries contain NaN or infinite values")
+    q = q.copy()
+    faiss.normalize_L2(q)
+    return q
+
+
+def search_params(spec: Spec, value: int, k: int, selector: faiss.IDSelector | None = None):
+    if spec.trained:
+        return faiss.SearchParametersIVF(nprobe=max(1, value), sel=selector)
+    if spec.type == "hnsw":  # fewer candidates than k would return fewer than k results
+        return faiss.SearchParametersHNSW(efSearch=max(1, value, k), sel=selector)
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def max_search_value(spec: Spec, ntotal: int) -> int:
+    """The nprobe / efSearch beyond which searching wider finds nothing more."""
+    if spec.trained:
+        return spec.nlist
+    if spec.type == "hnsw":
+        return max(16, ntotal)
+    return 0
+
+
+def search(
+    index: faiss.Index,
+    spec: Spec,
+    value: int,
+    queries: np.ndarray,
+    k: int,
+    selector: faiss.IDSelector | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (n, k); missing results have id -1."""
+    params = search_params(spec, value, k, selector)
+    return index.search(queries, k, params=params)
+
+
+def exact_topk(db: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the exact top ``k`` by inner product, (n, k) (-1 padded)."""
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    if len(db) == 0:
+        return out
+    kk = min(k, len(db))
+    for start in range(0, len(queries), 64):
+        sims = queries[start : start + 64] @ db.T
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        out[start : start + 64, :kk] = db_ids[np.take_along_axis(top, order, axis=1)]
+    return out
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray, self_ids: np.ndarray, k: int) -> float:
+    """Mean share of the exact top ``k`` found by ``approx`` (a query's own id is not counted)."""
+    if len(approx) == 0:
+        return 1.0
+    scores = []
+    for a, e, own in zip(approx, exact, self_ids, strict=True):
+        a_ids = [i for i in a if i >= 0 and i != own][:k]
+        e_ids = [i for i in e if i >= 0 and i != own][:k]
+        if e_ids:
+            scores.append(len(set(a_ids) & set(e_ids)) / len(e_ids))
+    return float(np.mean(scores)) if scores else 1.0
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaissState:
+    """An immutable published index of one kind, as of catalog generation ``gen``."""
+
+    kind: str  # "image" | "text"
+    index: faiss.Index
+    spec: Spec
+    gen: int
+    value: int = 0  # nprobe (IVF) or efSearch (HNSW); 0 for flat
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def contains_any(self, ids: np.ndarray) -> bool:
+        if ids.size == 0 or self.ntotal == 0:
+            return False
+        if hasattr(self.index, "id_map"):
+            return bool(np.isin(ids, faiss.vector_to_array(self.index.id_map)).any())
+        return True  # conservative
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": self.spec.type,
+            "factory": self.spec.factory(),
+            "vectors": self.ntotal,
+            "generation": self.gen,
+            **({"nprobe": self.value} if self.spec.trained else {}),
+            **({"efSearch": self.value} if self.spec.type == "hnsw" else {}),
+            **self.info,
+        }
+
+
+def empty_state(kind: str, dim: int, gen: int) -> FaissState:
+    index = faiss.index_factory(dim, Spec("flat").factory(), faiss.METRIC_INNER_PRODUCT)
+    return FaissState(kind, index, Spec("flat"), gen, 0, {"recall@10": 1.0, "exact": True})
+
+
+def _new_index(spec: Spec, dim: int) -> faiss.Index:
+    index = faiss.index_factory(dim, spec.factory(), faiss.METRIC_INNER_PRODUCT)
+    if spec.type == "hnsw":
+        faiss.downcast_index(index.index).hnsw.efConstruction = 80
+    return index
+
+
+def _tune(
+    index: faiss.Index,
+    spec: Spec,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    self_ids: np.ndarray,
+    target: float,
+) -> tuple[int, float, list[tuple[int, float]]]:
+    """The smallest nprobe/efSearch reaching ``target`` recall, or where recall stops rising."""
+    if spec.trained:
+        values = sorted({min(spec.nlist, 1 << i) for i in range(0, 17)})
+    else:
+        values = list(HNSW_EF)
+    curve: list[tuple[int, float]] = []
+    k = truth.shape[1]
+    for v in values:
+        _, ids = search(index, spec, v, queries, k)
+        r = recall_at_k(ids, truth, self_ids, RECALL_K)
+        curve.append((v, round(r, 4)))
+        if r >= target:
+            return v, r, curve
+        if len(curve) >= 3 and curve[-1][1] - curve[-3][1] < 0.002:
+            break  # saturated (quantisation error, not probing, limits it)
+    best = max(r for _, r in curve)
+    value = next(v for v, r in curve if r >= best - 0.002)
+    return value, dict(curve)[value], curve
+
+
+def build_state(
+    kind: str,
+    spec: Spec,
+    dim: int,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    other: np.ndarray,
+    gen: int,
+    recall_target: float,
+    seed: int = 0,
+) -> FaissState:
+    """Build ``spec`` over (``ids``, ``vectors``); ``other``: vectors of the other modality."""
+    t0 = time.perf_counter()
+    n = len(ids)
+    if spec.type == "flat":
+        index = _new_index(spec, dim)
+        if n:
+            index.add_with_ids(vectors, ids)
+        info = {"recall@10": 1.0, "exact": True, "built_vectors": n}
+        return FaissState(
+            kind, index, spec, gen, 0, {**info, "build_s": round(time.perf_counter() - t0, 3)}
+        )
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_hold = min(HELD_OUT, n // 10)
+    hold, pool = perm[:n_hold], perm[n_hold:]
+    o_perm = rng.permutation(len(other))
+    o_hold = min(HELD_OUT, len(other) // 10)
+    other_hold, other_pool = other[o_perm[:o_hold]], other[o_perm[o_hold:]]
+
+    index = _new_index(spec, dim)
+    trained_on: dict[str, int] = {}
+    if spec.trained:
+        cap = 256 * max(spec.nlist, 1 << spec.pq_nbits if spec.type == "ivfpq" else 1)
+        n_other = min(len(other_pool), int(OTHER_SHARE * min(cap, len(pool) + len(other_pool))))
+        n_same = min(len(pool), cap - n_other)
+        train = np.concatenate([vectors[pool[:n_same]], other_pool[:n_other]]).astype(np.float32)
+        index.train(train)
+        trained_on = {"same_modality": int(n_same), "other_modality": int(n_other)}
+    if n:
+        index.add_with_ids(vectors, ids)
+
+    queries = np.concatenate([vectors[hold], other_hold]).astype(np.float32)
+    self_ids = np.concatenate([ids[hold], np.full(len(other_hold), -1, np.int64)])
+    info: dict[str, Any] = {"built_vectors": n, "exact": False}
+    if trained_on:
+        info["trained_on"] = trained_on
+    value = 64 if spec.type == "hnsw" else max(1, spec.nlist // 16)
+    if len(queries):
+        truth = exact_topk(vectors, ids, queries, RECALL_K + 1)
+        value, recall, curve = _tune(index, spec, queries, truth, self_ids, recall_target)
+        _, got = search(index, spec, value, queries, RECALL_K + 1)
+        info["recall@10"] = round(recall, 4)
+        info["recall@10_by_query"] = {
+            q: round(recall_at_k(got[sl], truth[sl], self_ids[sl], RECALL_K), 4)
+            for q, sl in (
+                (kind, slice(0, len(hold))),
+                ("text" if kind == "image" else "image", slice(len(hold), len(queries))),
+            )
+            if sl.stop > sl.start
+        }
+        info["held_out_queries"] = len(queries)
+        info["tuning"] = curve
+    else:
+        info["recall@10"] = None
+    if spec.trained:
+        index.nprobe = value
+    elif spec.type == "hnsw":
+        faiss.downcast_index(index.index).hnsw.efSearch = value
+    info["build_s"] = round(time.perf_counter() - t0, 3)
+    log.info(
+        "built %s index %s over %d vectors: %s", kind, spec.factory(), n, info.get("recall@10")
+    )
+    return FaissState(kind, index, spec, gen, value, info)
+
+
+def apply_delta(
+    state: FaissState, remove: np.ndarray, add_ids: np.ndarray, add_vectors: np.ndarray, gen: int
+) -> FaissState | None:
+    """A new state with the catalog's changes applied to a clone; None when only a rebuild can
+    (HNSW cannot remove vectors)."""
+    if remove.size == 0 and add_ids.size == 0:
+        return replace(state, gen=gen)
+    if remove.size and state.spec.type == "hnsw" and state.contains_any(remove):
+        return None
+    index = faiss.clone_index(state.index)
+    if remove.size:
+        index.remove_ids(faiss.IDSelectorBatch(remove.astype(np.int64)))
+    if add_ids.size:
+        index.add_with_ids(
+            np.ascontiguousarray(add_vectors, dtype=np.float32), add_ids.astype(np.int64)
+        )
+    return replace(state, index=index, gen=gen)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(directory: Path, state: FaissState) -> Path:
+    """Write ``<kind>.<gen>.json`` then ``<kind>.<gen>.faiss`` (tmp → fsync → rename each)."""
+    faiss_path, info_path = checkpoint_paths(directory, state.kind, state.gen)
+    meta = {
+        "kind": state.kind,
+        "generation": state.gen,
+        "spec": state.spec.to_dict(),
+        "value": state.value,
+        "vectors": state.ntotal,
+        "dim": int(state.index.d),
+        "info": state.info,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_bytes(info_path, (json.dumps(meta, indent=2) + "\n").encode())
+    tmp = tmp_name(faiss_path)
+    try:
+        faiss.write_index(state.index, str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, faiss_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
+    return faiss_path
+
+
+def read_checkpoint_info(directory: Path, kind: str, gen: int) -> dict[str, Any]:
+    _, info_path = checkpoint_paths(directory, kind, gen)
+    return json.loads(info_path.read_text())
+
+
+def load_checkpoint(directory: Path, kind: str, gen: int, dim: int) -> FaissState:
+    faiss_path, _ = checkpoint_paths(directory, kind, gen)
+    try:
+        meta = read_checkpoint_info(directory, kind, gen)
+        spec = Spec.from_dict(meta["spec"])
+        index = faiss.read_index(str(faiss_path))
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise IndexFormatError(f"{faiss_path} is damaged ({e})") from e
+    if index.d != dim:
+        raise IndexFormatError(f"{faiss_path} holds vectors of dim {index.d}, the index {dim}")
+    value = int(meta.get("value", 0))
+    if spec.trained:
+        index.nprobe = max(1, value)
+    elif spec.type == "hnsw":
+        faiss.downcast_index(index.index).hnsw.efSearch = max(1, value)
+    return FaissState(kind, index, spec, gen, value, dict(meta.get("info", {})))

@@ -1,0 +1,143 @@
+"""Files → preprocessed tensors in DataLoader worker processes: the encoder never waits on decoding.
+
+Each worker reads a file once, hashes it, and skips the decode when the hash is already known (the
+vector can be reused); otherwise it decodes (JPEG draft mode to the model's input size), applies the
+model's own preprocessing and hands back the tensor. Failures come back as reasons, never as
+exceptions. Batches arrive in order, stacked in the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from indexer.catalog import hash_key
+from indexer.decode import Skip, decode, read_bytes, sha256_hex
+
+log = logging.getLogger(__name__)
+PREFETCH = 4  # batches each worker decodes ahead
+
+
+@dataclass
+class Item:
+    """What happened to one file of the job (``pos`` is its position in the job's path list)."""
+
+    pos: int
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    reason: str | None = None
+    detail: str = ""
+    reuse: bool = False  # content already has a vector: not decoded
+
+
+@dataclass
+class Batch:
+    items: list[Item]
+    tensor: torch.Tensor | None  # one row per item in ``rows``
+    rows: list[int]  # positions within ``items`` of the decoded ones, in tensor order
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class DecodeDataset(Dataset):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        max_pixels: int,
+        draft_size: int | None,
+        known: Collection[int] = frozenset(),
+    ) -> None:
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+        self.draft_size = draft_size
+        self.known = known
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, pos: int) -> tuple[Item, torch.Tensor | None]:
+        try:
+            data = read_bytes(self.paths[pos])
+            sha = sha256_hex(data)
+            if hash_key(sha) in self.known:
+                return Item(pos, sha, reuse=True), None
+            decoded = decode(data, self.max_pixels, self.draft_size)
+            tensor = self.preprocess(decoded.image)
+            return Item(pos, sha, decoded.width, decoded.height), tensor
+        except Skip as s:
+            return Item(pos, reason=s.reason, detail=s.detail), None
+        except Exception as e:  # one strange file must never end the run
+            return Item(pos, reason="corrupt", detail=f"{type(e).__name__}: {e}"), None
+
+
+def collate(samples: list[tuple[Item, torch.Tensor | None]]) -> Batch:
+    items = [s[0] for s in samples]
+    rows = [i for i, s in enumerate(samples) if s[1] is not None]
+    tensor = torch.stack([samples[i][1] for i in rows]) if rows else None
+    return Batch(items, tensor, rows)
+
+
+def _init_worker(max_pixels: int, nice: int, _worker_id: int) -> None:
+    # Our own cap is checked from the header; lift PIL's so it never pre-empts a higher cap.
+    if max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or 0):
+        Image.MAX_IMAGE_PIXELS = None
+    if nice:
+        # Decoding runs ahead (prefetch) and needs a fraction of a core; the encoder's OpenMP
+        # threads stall as a team when any one of them is preempted, so they get the CPU first.
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+
+
+def batches(
+    dataset: DecodeDataset,
+    batch_size: int,
+    workers: int | None = None,
+    mp_context: str | None = None,
+    worker_nice: int = 0,
+) -> Iterator[Batch]:
+    """Batches of ``dataset`` in order, decoded by ``workers`` processes (0: in this process).
+
+    Jobs of one batch or less are decoded in-process (starting workers would cost more). Workers
+    are forked when this process has a single thread; otherwise (the service indexes from a
+    request thread, and forking a process whose other threads hold locks is unsafe) they come
+    from a fork server, which pays the imports once per process. ``worker_nice`` lowers the
+    workers' priority (for a CPU encoder, which must not lose its cores to decoding).
+    """
+    workers = default_workers() if workers is None else max(0, int(workers))
+    if len(dataset) <= batch_size:
+        workers = 0
+    if workers == 0:
+        for start in range(0, len(dataset), batch_size):
+            yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        return
+    if mp_context is None:
+        mp_context = "fork" if threading.active_count() == 1 else "forkserver"
+    if mp_context == "forkserver":
+        # The server imports torch and PIL once per process; every later run forks from it.
+        multiprocessing.get_context("forkserver").set_forkserver_preload([__name__])
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=PREFETCH,
+        multiprocessing_context=mp_context,
+        worker_init_fn=functools.partial(_init_worker, dataset.max_pixels, worker_nice),
+    )
+    yield from loader

@@ -1,0 +1,147 @@
+"""Index choice (auto → flat / IVF / IVF-PQ under a memory budget), training on mixed modalities,
+recall@10 against exact search on held-out queries, deltas, and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from test_indexer_support import tiny_encoder, write_images
+
+from indexer import Index, IndexError_
+from indexer import faiss_index as fx
+from indexer.layout import IndexSettings
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+DIM = 32
+
+
+def _clustered(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """Unit vectors around 20 centres (``shift`` moves them: a second "modality")."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(20, DIM)) + shift
+    x = centres[rng.integers(0, 20, n)] + 0.35 * rng.normal(size=(n, DIM))
+    x = x.astype(np.float32)
+    faiss.normalize_L2(x)
+    return x
+
+
+def test_auto_choice() -> None:
+    s = IndexSettings(flat_threshold=1000)
+    assert fx.choose_spec(s, 10, DIM).type == "flat"
+    assert fx.choose_spec(s, 999, DIM).type == "flat"
+    ivf = fx.choose_spec(s, 5000, DIM)
+    assert ivf.type == "ivf" and ivf.nlist * 39 <= 5000
+    flat_bytes = fx.estimate_bytes(fx.Spec("flat"), 5000, DIM)
+    pq = fx.choose_spec(s, 5000, DIM, budget=flat_bytes // 3)
+    assert pq.type == "ivfpq"
+    assert fx.estimate_bytes(pq, 5000, DIM) <= flat_bytes // 3
+    # Explicit types; too few vectors to train stays exact until there are enough.
+    assert fx.choose_spec(IndexSettings(type="hnsw"), 10, DIM).type == "hnsw"
+    assert fx.choose_spec(IndexSettings(type="ivf"), 100, DIM).type == "flat"
+    with pytest.raises(IndexError_, match="max-memory"):
+        fx.choose_spec(s, 5000, DIM, budget=1000)
+    assert fx.parse_bytes("2G") == 2 << 30 and fx.parse_bytes("512MiB") == 512 << 20
+    with pytest.raises(IndexError_):
+        fx.parse_bytes("lots")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+def test_build_tunes_to_the_recall_target_with_mixed_training(kind: str) -> None:
+    images = _clustered(2000, seed=1)
+    texts = _clustered(800, seed=2, shift=0.8)
+    ids = np.arange(1000, 3000, dtype=np.int64)
+    spec = fx.choose_spec(IndexSettings(type=kind), len(ids), DIM)
+    state = fx.build_state("image", spec, DIM, ids, images, texts, gen=7, recall_target=0.9)
+    info = state.info
+    assert state.ntotal == 2000 and state.gen == 7
+    assert info["held_out_queries"] == 100 + 80  # both modalities query the image index
+    assert set(info["recall@10_by_query"]) == {"image", "text"}
+    if kind != "ivfpq":  # PQ may saturate below the target: it then stops where recall stops
+        assert info["recall@10"] >= 0.9
+    assert 0 < info["recall@10"] <= 1
+    if spec.trained:
+        assert info["trained_on"]["other_modality"] > 0  # text vectors in the sample
+        assert state.index.nprobe == state.value
+    # The measured recall is what a fresh measurement finds.
+    q = texts[:50]
+    truth = fx.exact_topk(images, ids, q, 10)
+    _, got = fx.search(state.index, spec, state.value, q, 10)
+    assert fx.recall_at_k(got, truth, np.full(50, -1), 10) >= info["recall@10"] - 0.15
+
+
+def test_deltas_and_checkpoints(tmp_path: Path) -> None:
+    x = _clustered(600, seed=3)
+    ids = np.arange(600, dtype=np.int64)
+    for kind in ("flat", "ivf", "hnsw"):
+        spec = fx.choose_spec(IndexSettings(type=kind), 500, DIM)
+        state = fx.build_state("image", spec, DIM, ids[:500], x[:500], x[:0], 1, 0.9)
+        added = fx.apply_delta(state, np.array([], np.int64), ids[500:], x[500:], 2)
+        assert added is not None and added.ntotal == 600 and state.ntotal == 500  # a clone
+        removed = fx.apply_delta(added, ids[:10], np.array([], np.int64), x[:0], 3)
+        if kind == "hnsw":
+            assert removed is None  # HNSW cannot remove: the caller rebuilds
+            continue
+        assert removed.ntotal == 590
+        fx.save_checkpoint(tmp_path, removed)
+        loaded = fx.load_checkpoint(tmp_path, "image", 3, DIM)
+        assert loaded.spec == removed.spec and loaded.value == removed.value
+        assert loaded.ntotal == 590
+        _, a = fx.search(loaded.index, loaded.spec, loaded.value, x[:5], 5)
+        _, b = fx.search(removed.index, removed.spec, removed.value, x[:5], 5)
+        np.testing.assert_array_equal(a, b)
+        for f in tmp_path.iterdir():
+            f.unlink()
+
+
+def test_index_switches_to_ivf_and_reports_recall(tmp_path: Path) -> None:
+    write_images(tmp_path / "pics", 300, size=32)
+    index = Index.create(
+        tmp_path / "idx", encoder=tiny_encoder(), workers=0, batch_size=64, flat_threshold=280
+    )
+    index.add_images([tmp_path / "pics"])
+    index.add_texts([f"caption number {i} of a {c}" for i in range(150) for c in ("cat", "dog")])
+    stats = index.stats()
+    assert stats["index_type"] == "ivf"  # 300 images ≥ threshold 280
+    assert stats["indexes"]["texts"]["type"] == "ivf"
+    images = stats["indexes"]["images"]  # retrained with text vectors once the texts came
+    assert images["recall@10"] >= 0.95 and images["nprobe"] >= 1
+    assert images["recall@10_by_query"]["text"] >= 0.9
+    assert images["trained_on"]["other_modality"] > 0
+    assert stats["recall@10"] == images["recall@10"]
+    hits = index.search_text("caption", k=10)
+    assert len(hits) == 10
+    # A selective path prefix still finds every match (probing widens when results run short).
+    few = index.search_text("caption", k=50, path_prefix=str(tmp_path / "pics" / "img_000"))
+    assert sorted(Path(h.path).name for h in few) == [f"img_{i:04d}.png" for i in range(10)]
+    # Incremental changes go through deltas on the IVF index, not a retrain.
+    build_s = index._state("image").info["build_s"]
+    index.remove([hits[0].id])
+    assert index._state("image").spec.type == "ivf"
+    assert index._state("image").info["build_s"] == build_s
+    assert index.stats()["images"] == 299
+    # Switching type is a rebuild from the catalog's vectors, with the same ids.
+    ids = sorted(h.id for h in index.search_text("caption", k=400))
+    index.close()
+    again = Index.create(tmp_path / "idx", encoder=tiny_encoder(), index_type="hnsw")
+    assert again.stats()["index_type"] == "hnsw"
+    assert sorted(h.id for h in again.search_text("caption", k=400)) == ids
+    assert again.stats()["indexes"]["images"]["recall@10"] is not None
+    again.close()
+
+
+def test_max_memory_picks_ivfpq(tmp_path: Path) -> None:
+    write_images(tmp_path / "pics", 300, size=32)
+    flat = fx.estimate_bytes(fx.Spec("flat"), 300, DIM)
+    index = Index.create(
+        tmp_path / "idx", encoder=tiny_encoder(), workers=0, batch_size=64, max_memory=flat // 2
+    )
+    index.add_images([tmp_path / "pics"])
+    stats = index.stats()
+    assert stats["index_type"] == "ivfpq"
+    assert stats["index_settings"]["max_memory"] == flat // 2
+    assert 0 < stats["recall@10"] <= 1
+    assert len(index.search_text("anything", k=5)) == 5
+    index.close()
