@@ -48,10 +48,12 @@ class WeightsSource:
     # State-dict prefixes left out of the file on purpose: those towers load their own package
     # weights (a frozen pretrained text trunk need not be shipped again).
     omitted_prefixes: tuple[str, ...] = ()
+    directory: Path | None = None  # the model directory ``path`` was found in, if any
 
     def describe(self) -> str:
+        """What to pass as ``--pretrained`` to get these weights again."""
         if self.kind == "file":
-            return str(self.path)
+            return str(self.directory or self.path)
         return self.tag if self.kind == "tag" else "none"
 
 
@@ -96,6 +98,7 @@ def read_model_dir(path: Path, model: str | None = None) -> WeightsSource:
         weights.resolve(),
         model_cfg=config.get("model_cfg", config),
         omitted_prefixes=tuple(block.get("omitted_prefixes", ())),
+        directory=path.resolve(),
     )
 
 

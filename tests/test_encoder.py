@@ -123,7 +123,7 @@ def test_export_then_load_gives_identical_embeddings(tiny_dir, tiny: Encoder) ->
         p = enc.provenance
         assert p.weights_sha256 == weights.file_sha256(out / weights.WEIGHTS_FILE)
         assert len(p.weights_sha256) == 64
-        assert p.pretrained == str((out / weights.WEIGHTS_FILE).resolve())
+        assert p.pretrained == str(out.resolve())  # what --pretrained takes to load it again
     # The loaded weights are the exported ones, not a fresh random init.
     assert not np.allclose(tiny.encode_texts(TEXTS), text_emb, atol=1e-4)
 
