@@ -7,8 +7,10 @@ Three ways to embed the same N images with the same encoder object:
 
 * encoder alone: the images decoded and preprocessed beforehand (not timed), then only
   ``encode_image_tensor`` per batch: the ceiling for any pipeline;
-* pipeline: ``Index.add_images`` on a fresh index, end to end (scan, read + hash + decode in
-  DataLoader workers, encode, commit batches to SQLite, build and save FAISS);
+* pipeline: ``Index.add_images`` on a fresh index, end to end (scan, read + hash + decode
+  alongside the encoder, encode, commit batches to SQLite, build and save FAISS), once with the
+  default decoding (``--workers`` unset: worker processes on the cores the encoder leaves free,
+  else a decode thread) and once with ``--compare-workers`` DataLoader worker processes;
 * naive loop: one process, per batch open → preprocess → encode (what a first script does).
 
 The encoder alone is measured before and after the other two and averaged, so drift on a shared
@@ -29,11 +31,13 @@ import warnings
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from indexer import Index  # noqa: E402
+from indexer.pipeline import default_workers  # noqa: E402
 from models.encoder import Encoder  # noqa: E402
 from models.images import open_rgb  # noqa: E402
 
@@ -55,7 +59,9 @@ def naive_loop(encoder: Encoder, paths: list[Path], batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def pipeline(encoder: Encoder, folder: Path, batch_size: int, workers: int) -> tuple[float, int]:
+def pipeline(
+    encoder: Encoder, folder: Path, batch_size: int, workers: int | None
+) -> tuple[float, int]:
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
         t0 = time.perf_counter()
         index = Index.create(Path(tmp) / "idx", encoder=encoder, batch_size=batch_size)
@@ -73,7 +79,16 @@ def main() -> None:
     ap.add_argument("--pretrained", default="none")
     ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        help="decode-heavy variant: re-save each image N times larger (JPEG q90, not timed)",
+    )
+    ap.add_argument("--workers", type=int, default=None, help="default: the library's choice")
+    ap.add_argument(
+        "--compare-workers", type=int, default=2, help="worker processes for the second run"
+    )
     args = ap.parse_args()
 
     warnings.simplefilter("ignore")
@@ -85,15 +100,23 @@ def main() -> None:
     n = len(files)
     encoder = Encoder.load(args.model, args.pretrained, device="cpu", precision=args.precision)
 
-    # A folder holding exactly these N images (links: no copying).
+    # A folder holding exactly these N images (links, or larger copies for --scale).
     folder = Path(tempfile.mkdtemp(prefix="bench-images-"))
     for p in files:
-        os.symlink(p, folder / p.name)
+        if args.scale > 1:
+            with Image.open(p) as im:
+                big = im.convert("RGB").resize((im.width * args.scale, im.height * args.scale))
+                big.save(folder / p.name, quality=90)
+        else:
+            os.symlink(p, folder / p.name)
+    files = sorted(folder.iterdir())
     try:
         tensors = [encoder.preprocess(open_rgb(p)) for p in files]  # not timed
         encoder_alone(encoder, tensors[: args.batch_size], args.batch_size)  # warm-up
         alone_1 = encoder_alone(encoder, tensors, args.batch_size)
         pipe_s, embedded = pipeline(encoder, folder, args.batch_size, args.workers)
+        assert embedded == n, f"pipeline embedded {embedded} of {n}"
+        procs_s, embedded = pipeline(encoder, folder, args.batch_size, args.compare_workers)
         assert embedded == n, f"pipeline embedded {embedded} of {n}"
         naive_s = naive_loop(encoder, files, args.batch_size)
         alone_2 = encoder_alone(encoder, tensors, args.batch_size)
@@ -101,9 +124,12 @@ def main() -> None:
         shutil.rmtree(folder)
 
     alone = (alone_1 + alone_2) / 2
+    workers = default_workers() if args.workers is None else args.workers
+    mode = f"{workers} decode processes" if workers else "a decode thread"
     rows = [
         ("encoder alone (pre-decoded tensors)", alone, f"{n / alone_1:.1f} / {n / alone_2:.1f}"),
-        (f"pipeline: `Index.add_images`, {args.workers} decode workers", pipe_s, ""),
+        (f"pipeline `Index.add_images`, default: {mode}", pipe_s, ""),
+        (f"pipeline `Index.add_images`, {args.compare_workers} decode processes", procs_s, ""),
         ("naive loop: open → preprocess → encode, one process", naive_s, ""),
     ]
     cmd = " ".join(
@@ -111,8 +137,9 @@ def main() -> None:
         if sys.argv[1:]
         else [".venv/bin/python benchmarks/bench_indexer.py"]
     )
+    what = f"{n} Flickr8k JPEGs" + (f" upscaled {args.scale}x" if args.scale > 1 else "")
     print(
-        f"{n} Flickr8k JPEGs, {args.model} (--pretrained {args.pretrained}), {args.precision}, "
+        f"{what}, {args.model} (--pretrained {args.pretrained}), {args.precision}, "
         f"batch {args.batch_size}, torch {torch.__version__} with {torch.get_num_threads()} "
         f"threads, {os.cpu_count()} CPUs ({platform.machine()}); `{cmd}`\n"
     )

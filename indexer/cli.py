@@ -50,7 +50,11 @@ def index_command(
     pretrained: str | None = PRETRAINED_OPT,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder batch."),
     workers: int | None = typer.Option(
-        None, "--workers", min=0, help="Decoding processes (default: CPU count, at most 4)."
+        None,
+        "--workers",
+        min=0,
+        help="Decode processes; 0 decodes in a thread of this process. Default: the cores the "
+        "encoder leaves free (at most 4), else 0.",
     ),
     index_type: str | None = typer.Option(
         None,

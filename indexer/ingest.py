@@ -24,7 +24,7 @@ import numpy as np
 
 from indexer.catalog import Catalog, ImageRow
 from indexer.decode import Skip, decode, read_bytes, sha256_hex
-from indexer.pipeline import Batch, DecodeDataset, Item, batches
+from indexer.pipeline import Batch, DecodeDataset, Item, batches, default_workers
 from indexer.results import IndexReport
 from indexer.scan import Found, scan
 from models.encoder import Encoder
@@ -199,7 +199,11 @@ def index_images(
                 total=len(todo), unit="img", desc="indexing", dynamic_ncols=True, smoothing=0.05
             )
         try:
-            nice = WORKER_NICE if encoder.device.type == "cpu" else 0
+            on_cpu = encoder.device.type == "cpu"
+            if workers is None:
+                workers = default_workers(on_cpu)
+            nice = WORKER_NICE if on_cpu else 0
+            log.info("decoding in %s", f"{workers} worker processes" if workers else "a thread")
             for batch in batches(dataset, batch_size, workers, worker_nice=nice):
                 run.commit(batch)
                 if bar is not None:

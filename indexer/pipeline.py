@@ -1,9 +1,18 @@
-"""Files → preprocessed tensors in DataLoader worker processes: the encoder never waits on decoding.
+"""Files → preprocessed tensors decoded alongside the encoder, so it does not wait on decoding.
 
-Each worker reads a file once, hashes it, and skips the decode when the hash is already known (the
-vector can be reused); otherwise it decodes (JPEG draft mode to the model's input size), applies the
-model's own preprocessing and hands back the tensor. Failures come back as reasons, never as
-exceptions. Batches arrive in order, stacked in the worker.
+Each file is read once and hashed; a hash that is already known skips the decode (the vector is
+reused); otherwise it is decoded (JPEG draft mode to the model's input size) and put through the
+model's own preprocessing. Failures come back as reasons, never as exceptions. Batches arrive in
+order.
+
+Two ways to decode in parallel with the encoder, chosen by ``default_workers``:
+
+* worker processes (a DataLoader), when there are cores to spare beyond the encoder's threads
+  (or the encoder is on a GPU): decoding then runs truly in parallel;
+* one decode thread in this process (``workers=0``), when the encoder's threads already use every
+  core: Pillow and torch release the GIL, so the thread fills the gaps the encoder leaves, with
+  no inter-process copies. Measured on 2 cores (docs/benchmarks.md), processes competing with the
+  encoder's OpenMP team cost ~10% of its speed; the thread costs only the decode time itself.
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ import functools
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
+import faiss
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -25,7 +36,7 @@ from indexer.catalog import hash_key
 from indexer.decode import Skip, decode, read_bytes, sha256_hex
 
 log = logging.getLogger(__name__)
-PREFETCH = 4  # batches each worker decodes ahead
+PREFETCH = 4  # batches decoded ahead (per worker process)
 
 
 @dataclass
@@ -48,8 +59,12 @@ class Batch:
     rows: list[int]  # positions within ``items`` of the decoded ones, in tensor order
 
 
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+def default_workers(encoder_on_cpu: bool = True) -> int:
+    """Decode processes to start: the cores the encoder leaves free (at most 4), else 0 (a
+    decode thread)."""
+    cores = os.cpu_count() or 1
+    spare = cores - torch.get_num_threads() if encoder_on_cpu else cores
+    return max(0, min(4, spare))
 
 
 class DecodeDataset(Dataset):
@@ -103,6 +118,49 @@ def _init_worker(max_pixels: int, nice: int, _worker_id: int) -> None:
             os.nice(nice)
 
 
+def _thread_batches(dataset: DecodeDataset, batch_size: int, prefetch: int) -> Iterator[Batch]:
+    """Batches decoded by one background thread, ``prefetch`` batches ahead."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        # Small torch ops in the transforms must not start an OpenMP team of their own next to
+        # the encoder's: this thread's parallel regions run on one thread (a per-thread setting).
+        faiss.omp_set_num_threads(1)
+        try:
+            for start in range(0, len(dataset), batch_size):
+                stop_at = min(start + batch_size, len(dataset))
+                if not put(collate([dataset[i] for i in range(start, stop_at)])):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    thread = threading.Thread(target=produce, name="clipsearch-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def batches(
     dataset: DecodeDataset,
     batch_size: int,
@@ -110,20 +168,21 @@ def batches(
     mp_context: str | None = None,
     worker_nice: int = 0,
 ) -> Iterator[Batch]:
-    """Batches of ``dataset`` in order, decoded by ``workers`` processes (0: in this process).
+    """Batches of ``dataset`` in order, decoded by ``workers`` processes, or by one thread of this
+    process when ``workers`` is 0 (None: ``default_workers()``).
 
-    Jobs of one batch or less are decoded in-process (starting workers would cost more). Workers
-    are forked when this process has a single thread; otherwise (the service indexes from a
-    request thread, and forking a process whose other threads hold locks is unsafe) they come
-    from a fork server, which pays the imports once per process. ``worker_nice`` lowers the
+    Jobs of one batch or less are decoded inline (starting anything would cost more). Worker
+    processes are forked when this process has a single thread; otherwise (the service indexes
+    from a request thread, and forking a process whose other threads hold locks is unsafe) they
+    come from a fork server, which pays the imports once per process. ``worker_nice`` lowers the
     workers' priority (for a CPU encoder, which must not lose its cores to decoding).
     """
     workers = default_workers() if workers is None else max(0, int(workers))
     if len(dataset) <= batch_size:
-        workers = 0
+        yield collate([dataset[i] for i in range(len(dataset))])
+        return
     if workers == 0:
-        for start in range(0, len(dataset), batch_size):
-            yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        yield from _thread_batches(dataset, batch_size, PREFETCH)
         return
     if mp_context is None:
         mp_context = "fork" if threading.active_count() == 1 else "forkserver"

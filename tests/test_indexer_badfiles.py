@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,30 @@ def test_scan_excludes_and_skips_the_index_dir(tmp_path: Path) -> None:
     ]
     found = scan([tmp_path], exclude=["*_0001.png"], skip_dirs=[tmp_path / "idx"])
     assert len(found.files) == 2
+
+
+class _Boom(BaseException):
+    pass
+
+
+def test_decode_thread_hands_errors_over_and_stops_early(tmp_path: Path) -> None:
+    from indexer.pipeline import DecodeDataset, batches
+
+    paths = [str(p) for p in write_images(tmp_path, 12)]
+    encoder = tiny_encoder()
+    calls: list[int] = []
+
+    def preprocess(image: Image.Image):
+        calls.append(1)
+        if len(calls) == 9:
+            raise _Boom  # not an Exception: the dataset does not turn it into a skip reason
+        return encoder.preprocess(image)
+
+    with pytest.raises(_Boom):
+        list(batches(DecodeDataset(paths, preprocess, 10**8, 32), batch_size=4, workers=0))
+    # A consumer that stops early leaves no thread behind.
+    before = threading.active_count()
+    gen = batches(DecodeDataset(paths, encoder.preprocess, 10**8, 32), batch_size=4, workers=0)
+    assert len(next(gen).items) == 4
+    gen.close()
+    assert threading.active_count() == before
