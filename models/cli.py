@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -176,27 +177,48 @@ def _eval_round(value):
     return round(value, 2) if isinstance(value, float) else value
 
 
+# Options shared by both eval commands.
+ImageRootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-root", help="Directory image paths are relative to (default: the file's)."
+    ),
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", help=_EVAL_MODEL_HELP)]
+PretrainedOpt = Annotated[str | None, typer.Option("--pretrained", help=_EVAL_PRETRAINED_HELP)]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Keep only rows of this split.")]
+SplitColOpt = Annotated[str, typer.Option("--split-col", help="Column holding the split name.")]
+ImageColOpt = Annotated[str, typer.Option("--image-col", help="Column holding image paths.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs per forward pass.")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=0, help="Image decoding processes (default: min(4, CPU cores))."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 or bf16.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")]
+
+
 @eval_app.command("retrieval")
 def eval_retrieval(
-    data: str = typer.Option(
-        ..., "--data", help="CSV/TSV/JSONL file with an image path and a caption per row."
-    ),
-    image_root: str | None = typer.Option(
-        None, "--image-root", help="Directory image paths are relative to (default: the file's)."
-    ),
-    model: str | None = typer.Option(None, "--model", help=_EVAL_MODEL_HELP),
-    pretrained: str | None = typer.Option(None, "--pretrained", help=_EVAL_PRETRAINED_HELP),
-    split: str | None = typer.Option(None, "--split", help="Keep only rows of this split."),
-    split_col: str = typer.Option("split", "--split-col", help="Column holding the split name."),
-    image_col: str = typer.Option("filepath", "--image-col", help="Column holding image paths."),
-    text_col: str = typer.Option("caption", "--text-col", help="Column holding captions."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Inputs per forward pass."),
-    workers: int | None = typer.Option(
-        None, "--workers", min=0, help="Image decoding processes (default: min(4, CPU cores))."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    data: Annotated[
+        str,
+        typer.Option("--data", help="CSV/TSV/JSONL file with an image path and a caption per row."),
+    ],
+    image_root: ImageRootOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    split: SplitOpt = None,
+    split_col: SplitColOpt = "split",
+    image_col: ImageColOpt = "filepath",
+    text_col: Annotated[
+        str, typer.Option("--text-col", help="Column holding captions.")
+    ] = "caption",
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    as_json: JsonOpt = False,
 ) -> None:
     """Image<->text retrieval recall@1/5/10 (percent); an image counts as found by any caption."""
     from models.data import read_pairs
@@ -210,25 +232,26 @@ def eval_retrieval(
 
 @eval_app.command("zeroshot")
 def eval_zeroshot(
-    data: str = typer.Option(
-        ..., "--data", help="CSV/TSV/JSONL file with an image path and a class label per row."
-    ),
-    image_root: str | None = typer.Option(
-        None, "--image-root", help="Directory image paths are relative to (default: the file's)."
-    ),
-    model: str | None = typer.Option(None, "--model", help=_EVAL_MODEL_HELP),
-    pretrained: str | None = typer.Option(None, "--pretrained", help=_EVAL_PRETRAINED_HELP),
-    split: str | None = typer.Option(None, "--split", help="Keep only rows of this split."),
-    split_col: str = typer.Option("split", "--split-col", help="Column holding the split name."),
-    image_col: str = typer.Option("filepath", "--image-col", help="Column holding image paths."),
-    label_col: str = typer.Option("label", "--label-col", help="Column holding class labels."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Inputs per forward pass."),
-    workers: int | None = typer.Option(
-        None, "--workers", min=0, help="Image decoding processes (default: min(4, CPU cores))."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or bf16."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", help="CSV/TSV/JSONL file with an image path and a class label per row."
+        ),
+    ],
+    image_root: ImageRootOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    split: SplitOpt = None,
+    split_col: SplitColOpt = "split",
+    image_col: ImageColOpt = "filepath",
+    label_col: Annotated[
+        str, typer.Option("--label-col", help="Column holding class labels.")
+    ] = "label",
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot classification top-1/top-5 accuracy (percent); the classes are the labels seen."""
     from models.data import read_pairs
