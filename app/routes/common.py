@@ -16,6 +16,26 @@ from app.service import SearchService
 from app.settings import Settings
 from app.uploads import b64decode, decode_image, too_large
 
+# OpenAPI for routes that take images as multipart ``files`` or JSON base64 (``ImageBatch``);
+# FastAPI cannot infer it because those routes read the request body themselves.
+IMAGE_BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["files"],
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/ImageBatch"}},
+        },
+        "required": True,
+    }
+}
+
 
 def check_k(k: int, settings: Settings) -> int:
     if not 1 <= k <= settings.max_k:

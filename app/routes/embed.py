@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
-from app.routes.common import check_count, check_query, decode_upload, image_blobs
+from app.routes.common import IMAGE_BATCH_BODY, check_count, check_query, decode_upload, image_blobs
 from app.schemas import ERROR_RESPONSES, EmbedResponse, EmbedTextRequest
 
 router = APIRouter(
@@ -30,26 +30,7 @@ async def embed_text(
 
 @router.post(
     "/image",
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ImageBatch"}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "files": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            }
-                        },
-                        "required": ["files"],
-                    }
-                },
-            },
-            "required": True,
-        }
-    },
+    openapi_extra=IMAGE_BATCH_BODY,
 )
 async def embed_image(
     request: Request, service: ServiceDep, settings: SettingsDep

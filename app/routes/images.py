@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep, ThumbnailsDep, WriteAccess
 from app.errors import ApiError
-from app.routes.common import decode_upload, hit_out, image_blobs
+from app.routes.common import IMAGE_BATCH_BODY, decode_upload, hit_out, image_blobs
 from app.schemas import ERROR_RESPONSES, AddImagesResponse, DeleteResponse
 from app.uploads import open_checked, save_upload
 
@@ -60,26 +60,7 @@ async def get_thumbnail(
     "",
     status_code=201,
     dependencies=[WriteAccess],
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "files": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            }
-                        },
-                        "required": ["files"],
-                    }
-                },
-                "application/json": {"schema": {"$ref": "#/components/schemas/ImageBatch"}},
-            },
-            "required": True,
-        }
-    },
+    openapi_extra=IMAGE_BATCH_BODY,
 )
 async def add_images(
     request: Request, service: ServiceDep, settings: SettingsDep
