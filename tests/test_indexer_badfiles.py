@@ -15,6 +15,7 @@ from PIL import Image
 from test_indexer_support import tiny_encoder, write_images
 
 import indexer.decode
+import indexer.pipeline
 from indexer import Index
 from indexer.decode import REASONS, Skip, decode, read_bytes
 from indexer.scan import scan
@@ -87,7 +88,9 @@ def make_bad(folder: Path) -> dict[str, str]:
     expected["loop_a.jpg"] = expected["loop_b.jpg"] = "symlink_loop"
     os.symlink(folder, folder / "back_to_parent")  # a directory loop
     expected["back_to_parent"] = "symlink_loop"
-    (folder / "locked.jpg").write_bytes(_jpeg_bytes())
+    # Its own size, so no good file shares its content hash (a real unreadable file cannot be
+    # hashed either; the fake below only denies the decode).
+    (folder / "locked.jpg").write_bytes(_jpeg_bytes((61, 41)))
     expected["locked.jpg"] = "permission_denied"  # faked below: tests run as root
     return expected
 
@@ -102,6 +105,9 @@ def fake_locked(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(path)
 
     monkeypatch.setattr(indexer.decode, "_open", _open)
+    # The fake lives in this process: workers must be forked from it, not started by a fork
+    # server, which the pipeline prefers once other tests have left threads running.
+    monkeypatch.setattr(indexer.pipeline.threading, "active_count", lambda: 1)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
