@@ -76,6 +76,17 @@ class LoadedModel:
     def has_hf_text(self) -> bool:
         return hasattr(getattr(self.model, "text", None), "transformer")
 
+    def trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Drop the all-padding columns of a token batch where that changes nothing.
+
+        HF towers mask padding, so the cut is exact and saves most of the text compute (queries
+        are far shorter than the context); causal towers pool at a position, so they keep it all.
+        """
+        if not self.has_hf_text:
+            return tokens
+        used = (tokens != self.model.text.config.pad_token_id).any(dim=0).nonzero()
+        return tokens[:, : int(used.max()) + 1] if len(used) else tokens[:, :1]
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU."""
@@ -228,13 +239,7 @@ class Encoder:
         return np.concatenate(out)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.loaded.tokenizer(list(texts))
-        if self.loaded.has_hf_text:
-            # HF towers mask padding, so cutting trailing pad columns is exact and much cheaper.
-            pad_id = self.model.text.config.pad_token_id
-            used = (tokens != pad_id).any(dim=0).nonzero()
-            tokens = tokens[:, : int(used.max()) + 1] if len(used) else tokens[:, :1]
-        return tokens
+        return self.loaded.trim_padding(self.loaded.tokenizer(list(texts)))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

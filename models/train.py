@@ -175,10 +175,9 @@ def text_trunk_features(
 def _trunk(loaded: LoadedModel, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
     model = loaded.model
     if loaded.has_hf_text:
-        # Batches of similar length, cut to their longest: padding is masked, so exact.
-        pad = model.text.config.pad_token_id
-        tokens = tokens[:, : int((tokens != pad).any(dim=0).nonzero().max()) + 1].to(device)
-        mask = (tokens != pad).long()
+        # Batches of similar length (sorted by the caller), cut to their longest.
+        tokens = loaded.trim_padding(tokens).to(device)
+        mask = (tokens != model.text.config.pad_token_id).long()
         hidden = model.text.transformer(input_ids=tokens, attention_mask=mask)
         return model.text.pooler(hidden, mask).float().cpu()
     return model.encode_text(tokens.to(device), normalize=False).float().cpu()
@@ -379,10 +378,8 @@ class Trainer:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             text = self.text_inputs[caption_idx]
-            if self.loaded.has_hf_text and not self.text_cached:
-                # HF towers mask padding: dropping all-pad columns is exact and saves compute.
-                used = (text != self.loaded.model.text.config.pad_token_id).any(dim=0).nonzero()
-                text = text[:, : int(used.max()) + 1]
+            if not self.text_cached:
+                text = self.loaded.trim_padding(text)
             text = text.to(self.device, non_blocking=True)
             with torch.autocast(
                 self.device.type,

@@ -3,7 +3,6 @@ with the tiny random-weight model, an app around it, and a server on a free port
 
 from __future__ import annotations
 
-import functools
 import io
 import socket
 import threading
@@ -16,11 +15,11 @@ import httpx
 import torch
 from PIL import Image
 from synthetic import draw, make_dataset
+from test_indexer_support import tiny_encoder
 
 from app.main import create_app
 from app.settings import Settings
 from indexer import Index
-from models import Encoder
 
 API_KEY = "test-api-key"
 TEXTS = [
@@ -29,12 +28,6 @@ TEXTS = [
     "a yellow triangle on a black background",
     "a purple cross on an orange background",
 ]
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_encoder() -> Encoder:
-    """Deterministic random weights, loaded once per test process."""
-    return Encoder.load("clipsearch-tiny", "none", device="cpu")
 
 
 def build_index(root: Path, n: int = 16, texts: bool = True) -> Index:

@@ -17,7 +17,9 @@ TINY = ("clipsearch-tiny", "none")
 
 
 @functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def tiny_encoder() -> Encoder:
+    """Deterministic random weights, loaded once per test process (encoders hold no state)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Encoder.load(*TINY, device="cpu")
