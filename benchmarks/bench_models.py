@@ -1,7 +1,8 @@
 """Encoder and training throughput beside the machine's matmul peak, measured in one run.
 
     .venv/bin/python benchmarks/bench_models.py [--model ViT-B-32] [--batch 32] [--steps 1]
-    .venv/bin/python benchmarks/bench_models.py --vs-default    # shipped model vs ViT-B-32
+    .venv/bin/python benchmarks/bench_models.py --compare clipsearch-base clipsearch-flickr8k \
+        ViT-B-32
 
 Prints a markdown table. Absolute rates on shared machines drift; the ratio to the matmul peak
 measured a moment before in the same process is the figure to compare.
@@ -107,24 +108,31 @@ def inference_rates(model: str, pretrained: str | None, texts: list[str]) -> dic
     return out
 
 
-def compare_default_model(baseline: str) -> None:
-    """The shipped model's CPU inference speed as a ratio to ``baseline`` (random weights)."""
+def compare_models(models: list[str]) -> None:
+    """CPU inference speed of each model (shipped weights where they exist), in one run."""
     from models.data import read_pairs
-    from models.registry import DEFAULT_MODEL
+    from models.encoder import auto_precision
+    from models.registry import shipped_weights
 
     captions = Path(__file__).resolve().parents[2] / "shared/data/flickr8k/captions.csv"
     if captions.is_file():
         texts = [p.text for p in read_pairs(captions, split="val", check_images=False)[:64]]
     else:
         texts = [f"a dog number {i} runs across the green grass in a park ." for i in range(64)]
-    ours = inference_rates(DEFAULT_MODEL, None, texts)
-    base = inference_rates(baseline, "none", texts)
-    print(f"{DEFAULT_MODEL} (shipped weights) vs {baseline} (random weights), one run, ")
-    print(f"{torch.get_num_threads()} torch threads; texts are Flickr8k val captions\n")
-    print(f"| what | {DEFAULT_MODEL} | {baseline} | ratio |")
-    print("| --- | --- | --- | --- |")
-    for key in ours:
-        print(f"| {key} | {ours[key]:.1f} | {base[key]:.1f} | {ours[key] / base[key]:.1f}x |")
+    rates = {m: inference_rates(m, None if shipped_weights(m) else "none", texts) for m in models}
+    auto = auto_precision(torch.device("cpu"))
+    print(f"one run, {torch.get_num_threads()} torch threads, images batch 32 (timm towers")
+    print(f"channels-last), texts are Flickr8k val captions; 'auto' precision here: {auto}\n")
+    print("| what | " + " | ".join(models) + " |")
+    print("| --- |" + " --- |" * len(models))
+    for key in rates[models[0]]:
+        cells = [f"{rates[m][key]:.1f}" for m in models]
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    first = models[0]
+    for m in models[1:]:
+        ratio = rates[first]["images/s fp32"] / rates[m]["images/s fp32"]
+        print(f"\n{first} / {m}, images/s fp32: {ratio:.2f}x", end="")
+    print()
 
 
 def main() -> None:
@@ -133,11 +141,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument(
-        "--vs-default", action="store_true", help="Compare the shipped model's speed to --model."
+        "--compare", nargs="+", metavar="MODEL", help="Compare these models' inference speed."
     )
     args = parser.parse_args()
-    if args.vs_default:
-        compare_default_model(args.model)
+    if args.compare:
+        compare_models(args.compare)
         return
     torch.manual_seed(0)
     threads = torch.get_num_threads()

@@ -54,7 +54,9 @@ def train_command(
     accum_steps: int = typer.Option(
         1, min=1, help="Gradient accumulation (micro-batches per step)."
     ),
-    precision: str = typer.Option("auto", help="auto (bf16 autocast), fp32, bf16, fp16 (GPU)."),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 autocast with AMX or a GPU, else fp32), fp32, bf16, fp16 (GPU)."
+    ),
     seed: int = typer.Option(0),
     lock_image: bool = typer.Option(False, help="Freeze the image tower."),
     lock_text: bool = typer.Option(
@@ -66,6 +68,26 @@ def train_command(
     workers: int = typer.Option(2, min=0, help="DataLoader decoding processes."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/latest.pt exactly."),
+    cached_trunks: bool = typer.Option(
+        False,
+        help="The CPU recipe for pretrained towers: run each tower's frozen bottom once per "
+        "image view and caption, cache it, and train only the tops (see MODEL_CARD.md).",
+    ),
+    image_views: int = typer.Option(
+        2, min=0, help="With --cached-trunks: augmented views cached per training image."
+    ),
+    unlock_image_stages: int = typer.Option(
+        0, min=0, help="With --cached-trunks: last image stages trained (0: head only)."
+    ),
+    unlock_text_layers: int = typer.Option(
+        0, min=0, help="With --cached-trunks: last text layers trained (0: head only)."
+    ),
+    trunk_lr_scale: float = typer.Option(
+        0.1, min=0.0, help="With --cached-trunks: learning rate of unlocked layers / --lr."
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, help="With --cached-trunks: where caches live (default OUT/cache); share it."
+    ),
     log_every: int = typer.Option(10, min=1, help="Log a progress line every N steps."),
     checkpoint_every: int = typer.Option(
         1,
@@ -103,6 +125,12 @@ def train_command(
         device=device,
         log_every=log_every,
         checkpoint_every=checkpoint_every,
+        cached_trunks=cached_trunks,
+        image_views=image_views,
+        unlock_image_stages=unlock_image_stages,
+        unlock_text_layers=unlock_text_layers,
+        trunk_lr_scale=trunk_lr_scale,
+        cache_dir=str(cache_dir) if cache_dir else None,
     )
     result = train(cfg, resume=resume)
     if result:
@@ -263,3 +291,48 @@ def eval_zeroshot(
         encoder, pairs, batch_size=batch_size, num_workers=_eval_workers(workers)
     )
     _eval_print(result, as_json, "Zero-shot accuracy (%)", encoder.provenance.to_dict())
+
+
+@eval_app.command("keywords")
+def eval_keywords(
+    data: Annotated[
+        str,
+        typer.Option("--data", help="CSV/TSV/JSONL file with an image path and a caption per row."),
+    ],
+    image_root: ImageRootOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    split: SplitOpt = None,
+    split_col: SplitColOpt = "split",
+    image_col: ImageColOpt = "filepath",
+    text_col: Annotated[
+        str, typer.Option("--text-col", help="Column holding captions.")
+    ] = "caption",
+    words: Annotated[
+        int, typer.Option("--words", min=1, help="How many of the most frequent nouns to query.")
+    ] = 50,
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    as_json: JsonOpt = False,
+) -> None:
+    """One-word queries: precision@10 and mAP for the most frequent caption nouns, bare and
+    through the query templates."""
+    from models.data import read_pairs
+    from models.keywords import evaluate_keywords
+
+    pairs = read_pairs(data, image_root, image_col, text_col, split=split, split_col=split_col)
+    encoder = _eval_encoder(model, pretrained, device, precision)
+    result = evaluate_keywords(
+        encoder, pairs, words, batch_size=batch_size, num_workers=_eval_workers(workers)
+    )
+    if as_json:
+        typer.echo(json.dumps(_eval_round(result), indent=2))
+        return
+    table = {k: result[k] for k in ("bare", "templates")} | {"n_images": result["n_images"]}
+    _eval_print(table, False, "One-word queries", encoder.provenance.to_dict())
+    typer.echo(
+        "P@10 per word (templates): "
+        + ", ".join(f"{w} {p:.1f}" for w, p in result["words"].items())
+    )

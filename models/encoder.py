@@ -23,10 +23,15 @@ from safetensors import SafetensorError
 from models import registry, weights
 from models.errors import ModelError
 from models.images import open_rgb
+from models.trunks import init_from_packages
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Short queries ("dog", "red car") read better to a caption-trained text tower inside a sentence;
+# their embedding is the mean of these templates' (measured: docs in models/MODEL_CARD.md).
+QUERY_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a {} in the picture.")
+SHORT_QUERY_WORDS = 2
 RANDOM_INIT_SEED = 0
 # What building a model and loading its checkpoint raise for bad input. A corrupt, truncated or
 # empty file can raise SafetensorError, UnpicklingError, EOFError or IndexError; weights of another
@@ -88,6 +93,27 @@ class LoadedModel:
         return tokens[:, : int(used.max()) + 1] if len(used) else tokens[:, :1]
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Linux: /proc/cpuinfo); False when unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def auto_precision(device: torch.device) -> str:
+    """The faster precision on this host for our convolutional and transformer towers.
+
+    Measured (docs/benchmarks.md): with AMX, bf16 doubles EfficientNet-Lite2 (19 -> 38 img/s);
+    on Zen 4, whose AVX-512 bf16 has no matrix unit, bf16 runs the depthwise convolutions 12x
+    slower than fp32 (16.3 -> 1.3 img/s). So bf16 with AMX or a bf16-capable GPU, else fp32.
+    """
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_amx() else "fp32"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU."""
     if device == "auto":
@@ -132,12 +158,20 @@ def load_model(
         )
     partial = bool(source.omitted_prefixes)
     ckpt = str(source.path) if source.kind == "file" and not partial else source.tag
+    extras = registry.extras(name)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             net, pre_train, pre_val = open_clip.create_model_and_transforms(
-                name, pretrained=ckpt, device=device, aug_cfg=aug_cfg
+                name,
+                pretrained=ckpt,
+                device=device,
+                aug_cfg=aug_cfg,
+                **extras.get("preprocess", {}),
             )
+        if source.kind == "none" or partial:
+            # Package trunks start every model that does not carry them in its own file.
+            init_from_packages(net, extras.get("init", {}))
         if partial:
             _load_partial(net, source)
         tokenizer = open_clip.get_tokenizer(name)
@@ -165,12 +199,22 @@ class Encoder:
     def __init__(self, loaded: LoadedModel, device: torch.device, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ModelError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if precision == "auto":
+            precision = auto_precision(device)
+        if device.type == "cpu":
+            # Subnormal activations of pretrained convolutions cost ~30 % of CPU time (measured).
+            torch.set_flush_denormal(True)
         self.loaded = loaded
         self.device = device
         self.precision = precision
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         # Cast the weights rather than autocast: on CPUs autocast copies dominate small batches.
         self.model = loaded.model.to(device=device, dtype=self.dtype).eval()
+        # Convolutional timm trunks (depthwise convolutions above all) run faster channels-last
+        # on the CPU: 12 -> 19 img/s for EfficientNet-Lite0 in fp32 (measured-facts).
+        self.channels_last = device.type == "cpu" and hasattr(self.model.visual, "trunk")
+        if self.channels_last:
+            self.model.visual.to(memory_format=torch.channels_last)
         self.preprocess = loaded.preprocess
         self._provenance: Provenance | None = None
 
@@ -180,7 +224,7 @@ class Encoder:
         model: str | None = None,
         pretrained: str | None = None,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
     ) -> Encoder:
         """The usual entry point: ``Encoder.load("ViT-B-32", "/path/to/weights.safetensors")``."""
         dev = resolve_device(device)
@@ -223,6 +267,8 @@ class Encoder:
     def encode_image_tensor(self, batch: torch.Tensor) -> np.ndarray:
         """Embed an already preprocessed batch (B, 3, H, W)."""
         batch = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         feats = self.model.encode_image(batch, normalize=True)
         return feats.float().cpu().numpy()
 
@@ -250,3 +296,22 @@ class Encoder:
             feats = self.model.encode_text(tokens, normalize=True)
             out.append(feats.float().cpu().numpy())
         return np.concatenate(out)
+
+    def encode_queries(
+        self, queries: Sequence[str], templates: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Embed search queries: those of at most ``SHORT_QUERY_WORDS`` words go through
+        ``templates`` (default ``QUERY_TEMPLATES``; ``("{}",)`` turns them off), averaged."""
+        templates = tuple(templates or QUERY_TEMPLATES)
+        if any("{}" not in t for t in templates):
+            raise ModelError("every query template needs a '{}' for the query")
+        expanded, owner = [], []
+        for i, query in enumerate(queries):
+            short = len(query.split()) <= SHORT_QUERY_WORDS
+            for t in templates if short else ("{}",):
+                expanded.append(t.format(query.strip()) if short else query)
+                owner.append(i)
+        emb = self.encode_texts(expanded)
+        out = np.zeros((len(queries), self.dim), np.float32)
+        np.add.at(out, np.asarray(owner, np.int64), emb)
+        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)

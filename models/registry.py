@@ -24,6 +24,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "clipsearch-flickr8k"
 PKG_PREFIX = "pkg:"
+CLIPSEARCH_KEY = "clipsearch"  # our block in an architecture config (see ``extras``)
 
 _raw_configs: dict[str, dict[str, Any]] = {}
 
@@ -41,8 +42,11 @@ def _resolve_pkg(value: str) -> str:
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with every ``pkg:`` reference replaced by a local path."""
+    """Return what open_clip builds from ``cfg``: ``pkg:`` references resolved to local paths and
+    our own ``clipsearch`` block (trunk init, preprocessing) left out, since open_clip's model
+    classes take no such argument."""
     out = copy.deepcopy(cfg)
+    out.pop(CLIPSEARCH_KEY, None)
     text_cfg = out.get("text_cfg", {})
     for key in ("hf_model_name", "hf_tokenizer_name"):
         value = text_cfg.get(key)
@@ -75,6 +79,16 @@ def raw_config(name: str) -> dict[str, Any]:
     if cfg is None:
         raise ModelError(f"unknown architecture {name!r}; run 'clipsearch models' to list them")
     return cfg
+
+
+def extras(name: str) -> dict[str, Any]:
+    """The config's ``clipsearch`` block: ``init`` (trunks loaded from pip packages, see
+    ``models.trunks``) and ``preprocess`` (``image_*`` arguments of open_clip's
+    ``create_model_and_transforms``: mean, std, interpolation)."""
+    try:
+        return raw_config(name).get(CLIPSEARCH_KEY, {})
+    except ModelError:
+        return {}
 
 
 def list_architectures() -> list[str]:

@@ -39,7 +39,7 @@ from models.distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from models.encoder import Encoder, LoadedModel, load_model
+from models.encoder import Encoder, LoadedModel, auto_precision, load_model
 from models.errors import CheckpointError, ClipsearchError
 from models.images import open_rgb
 from models.loss import clamp_logit_scale, create_loss
@@ -82,6 +82,13 @@ class TrainConfig:
     eval_batch_size: int = 128
     log_every: int = 10
     checkpoint_every: int = 1
+    # The cached-trunk recipe (models.cached_train): frozen bottoms run once per view.
+    cached_trunks: bool = False
+    image_views: int = 2
+    unlock_image_stages: int = 0
+    unlock_text_layers: int = 0
+    trunk_lr_scale: float = 0.1
+    cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -204,7 +211,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16
-        return torch.bfloat16
+        return torch.bfloat16 if auto_precision(device) == "bf16" else None
     if precision == "fp16" and device.type != "cuda":
         raise ClipsearchError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -513,6 +520,10 @@ class Trainer:
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after_epoch: int | None = None) -> dict:
     """Run training as configured; under torchrun every rank calls this."""
+    if cfg.cached_trunks:
+        from models.cached_train import train_cached
+
+        return train_cached(cfg, resume=resume)
     dist = init_distributed(cfg.device)
     try:
         torch.manual_seed(cfg.seed + dist.rank)
