@@ -23,15 +23,12 @@ from safetensors import SafetensorError
 from models import registry, weights
 from models.errors import ModelError
 from models.images import open_rgb
+from models.query_templates import embed_queries
 from models.trunks import init_from_packages
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
-# Short queries ("dog", "red car") read better to a caption-trained text tower inside a sentence;
-# their embedding is the mean of these templates' (measured: docs in models/MODEL_CARD.md).
-QUERY_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a {} in the picture.")
-SHORT_QUERY_WORDS = 2
 RANDOM_INIT_SEED = 0
 # What building a model and loading its checkpoint raise for bad input. A corrupt, truncated or
 # empty file can raise SafetensorError, UnpicklingError, EOFError or IndexError; weights of another
@@ -300,18 +297,8 @@ class Encoder:
     def encode_queries(
         self, queries: Sequence[str], templates: Sequence[str] | None = None
     ) -> np.ndarray:
-        """Embed search queries: those of at most ``SHORT_QUERY_WORDS`` words go through
-        ``templates`` (default ``QUERY_TEMPLATES``; ``("{}",)`` turns them off), averaged."""
-        templates = tuple(templates or QUERY_TEMPLATES)
-        if any("{}" not in t for t in templates):
-            raise ModelError("every query template needs a '{}' for the query")
-        expanded, owner = [], []
-        for i, query in enumerate(queries):
-            short = len(query.split()) <= SHORT_QUERY_WORDS
-            for t in templates if short else ("{}",):
-                expanded.append(t.format(query.strip()) if short else query)
-                owner.append(i)
-        emb = self.encode_texts(expanded)
-        out = np.zeros((len(queries), self.dim), np.float32)
-        np.add.at(out, np.asarray(owner, np.int64), emb)
-        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
+        """Embed search queries, short ones through prompt templates (see query_templates)."""
+        try:
+            return embed_queries(self.encode_texts, queries, templates)
+        except ValueError as e:
+            raise ModelError(str(e)) from e

@@ -42,3 +42,20 @@ def test_ranking_metrics_by_hand() -> None:
     assert result["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 4) / 2)
     with pytest.raises(ValueError, match="differ in shape"):
         ranking_metrics(scores[:1], rel)
+
+
+def test_short_queries_are_the_mean_of_their_templates() -> None:
+    from models.query_templates import embed_queries
+
+    def embed(texts: list[str]) -> np.ndarray:
+        # A stand-in text tower: one-hot rows by text, so means are easy to check.
+        vocab = sorted(set(texts))
+        return np.eye(len(vocab), dtype=np.float32)[[vocab.index(t) for t in texts]]
+
+    out = embed_queries(embed, ["dog", "a dog runs on the grass"], ("a {}.", "the {}."))
+    assert out.shape[0] == 2
+    assert np.count_nonzero(out[0]) == 2  # "a dog." and "the dog."
+    assert np.allclose(out[0][out[0] > 0], 1 / np.sqrt(2))
+    assert np.count_nonzero(out[1]) == 1  # long query: itself only
+    with pytest.raises(ValueError, match="needs a"):
+        embed_queries(embed, ["dog"], ("no slot",))
