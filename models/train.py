@@ -175,7 +175,7 @@ def text_trunk_features(
         idx = order[start : start + 256]
         tokens = loaded.tokenizer([captions[i] for i in idx])
         with autocast(device, amp_dtype):
-            feats = _trunk(loaded, tokens, device)
+            feats = trunk_outputs(loaded, tokens, device)
         if out.numel() == 0:
             out = torch.empty(len(captions), feats.shape[1])
         out[idx] = feats
@@ -183,7 +183,8 @@ def text_trunk_features(
     return out
 
 
-def _trunk(loaded: LoadedModel, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+def trunk_outputs(loaded: LoadedModel, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The text tower's output before its trainable head (the projection), as float32 on the CPU."""
     model = loaded.model
     if loaded.has_hf_text:
         # open_clip's HFTextEncoder.forward up to its projection (tests/test_open_clip_api.py
