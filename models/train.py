@@ -49,7 +49,7 @@ from models.loss import clamp_logit_scale, create_loss
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2  # 2: one RNG state per rank
+CHECKPOINT_FORMAT = 2  # 2: one RNG state per rank; 1 (still read): rank 0's CPU state only
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -375,10 +375,10 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as e:
             raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-        if state.get("format") != CHECKPOINT_FORMAT:
+        if state.get("format") not in (1, CHECKPOINT_FORMAT):
             raise CheckpointError(
                 f"{path} has checkpoint format {state.get('format')}, this version reads "
-                f"{CHECKPOINT_FORMAT}: train again, or resume with the version that wrote it"
+                f"1 and {CHECKPOINT_FORMAT}: train again, or resume with the version that wrote it"
             )
         if state.get("model") != self.loaded.name:
             raise CheckpointError(
@@ -388,14 +388,15 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        if len(state["rng"]) == self.dist.world_size:
-            rng.restore(state["rng"][self.dist.rank], self.device)
+        rng_states = state.get("rng") or [{"cpu": state["torch_rng"]}]
+        if len(rng_states) == self.dist.world_size:
+            rng.restore(rng_states[self.dist.rank], self.device)
         else:
             log.warning(
                 "%s was written by %d processes, this run has %d: random draws (dropout) will "
                 "not continue exactly",
                 path,
-                len(state["rng"]),
+                len(rng_states),
                 self.dist.world_size,
             )
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
