@@ -11,7 +11,9 @@ Three ways to embed the same N images with the same encoder object:
   alongside the encoder, encode, commit batches to SQLite, build and save FAISS), once with the
   default decoding (``--workers`` unset: worker processes on the cores the encoder leaves free,
   else a decode thread) and once with ``--compare-workers`` DataLoader worker processes;
-* naive loop: one process, per batch open → preprocess → encode (what a first script does).
+* naive loop: one process, per batch open → preprocess → encode (what a first script does),
+  once decoding JPEGs in full and once in draft mode at the model's input size as the pipeline
+  does, so that the pipeline is compared with a loop that decodes the same way.
 
 The encoder alone is measured before and after the other two and averaged, so drift on a shared
 machine shows up as a spread instead of a bias. Prints a markdown table (images/s and the ratio
@@ -51,10 +53,11 @@ def encoder_alone(encoder: Encoder, tensors: list[torch.Tensor], batch_size: int
     return time.perf_counter() - t0
 
 
-def naive_loop(encoder: Encoder, paths: list[Path], batch_size: int) -> float:
+def naive_loop(encoder: Encoder, paths: list[Path], batch_size: int, draft: bool) -> float:
+    size = encoder.image_size if draft else None
     t0 = time.perf_counter()
     for i in range(0, len(paths), batch_size):
-        batch = [encoder.preprocess(open_rgb(p)) for p in paths[i : i + batch_size]]
+        batch = [encoder.preprocess(open_rgb(p, size)) for p in paths[i : i + batch_size]]
         encoder.encode_image_tensor(torch.stack(batch))
     return time.perf_counter() - t0
 
@@ -118,7 +121,8 @@ def main() -> None:
         assert embedded == n, f"pipeline embedded {embedded} of {n}"
         procs_s, embedded = pipeline(encoder, folder, args.batch_size, args.compare_workers)
         assert embedded == n, f"pipeline embedded {embedded} of {n}"
-        naive_s = naive_loop(encoder, files, args.batch_size)
+        naive_s = naive_loop(encoder, files, args.batch_size, draft=False)
+        naive_draft_s = naive_loop(encoder, files, args.batch_size, draft=True)
         alone_2 = encoder_alone(encoder, tensors, args.batch_size)
     finally:
         shutil.rmtree(folder)
@@ -131,6 +135,7 @@ def main() -> None:
         (f"pipeline `Index.add_images`, default: {mode}", pipe_s, ""),
         (f"pipeline `Index.add_images`, {args.compare_workers} decode processes", procs_s, ""),
         ("naive loop: open → preprocess → encode, one process", naive_s, ""),
+        ("naive loop, JPEG draft decode (as the pipeline)", naive_draft_s, ""),
     ]
     cmd = " ".join(
         [".venv/bin/python benchmarks/bench_indexer.py", *sys.argv[1:]]

@@ -44,6 +44,11 @@ def train_command(
         None, help="Start from: hub tag, local file or dir, or 'none'."
     ),
     loss: str = typer.Option("clip", help="clip (InfoNCE) or siglip (sigmoid)."),
+    local_loss: bool = typer.Option(
+        False,
+        help="Each process scores only its own rows against the global batch (same "
+        "gradients, 1/N of the logits).",
+    ),
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(
         64, min=2, help="Per process; the global batch is this x processes."
@@ -52,7 +57,7 @@ def train_command(
     weight_decay: float = typer.Option(0.1, min=0.0),
     warmup_steps: int = typer.Option(100, min=0),
     accum_steps: int = typer.Option(
-        1, min=1, help="Gradient accumulation (micro-batches per step)."
+        1, min=1, help="Micro-batches per step, all in one contrastive batch (more negatives)."
     ),
     precision: str = typer.Option(
         "auto", help="auto (bf16 autocast with AMX or a GPU, else fp32), fp32, bf16, fp16 (GPU)."
@@ -110,6 +115,7 @@ def train_command(
         model=model,
         pretrained=pretrained,
         loss=loss,
+        local_loss=local_loss,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

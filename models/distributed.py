@@ -11,6 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -202,3 +203,18 @@ def gather_features(
         return image_features, text_features
     _check_ranks_agree(image_features)
     return _all_gather_with_grad(image_features), _all_gather_with_grad(text_features)
+
+
+def local_rows(batch: int) -> slice:
+    """Where this rank's ``batch`` rows sit in features gathered by ``gather_features``."""
+    rank = dist.get_rank() if is_distributed() else 0
+    return slice(rank * batch, (rank + 1) * batch)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when not distributed); all ranks must call."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
-from open_clip.factory import load_state_dict
 from PIL import Image
 from safetensors import SafetensorError
 
@@ -180,8 +179,7 @@ def load_model(
 
 def _load_partial(net: torch.nn.Module, source: weights.WeightsSource) -> None:
     """Load a checkpoint that leaves out towers rebuilt from their packages, and nothing else."""
-    state = load_state_dict(str(source.path))
-    result = net.load_state_dict(state, strict=False)
+    result = open_clip.load_checkpoint(net, str(source.path), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(source.omitted_prefixes)]
     if missing or result.unexpected_keys:
         raise ModelError(

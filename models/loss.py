@@ -4,7 +4,9 @@ Both take L2-normalised features and the model's *log* temperature (``model.logi
 its exponential: open_clip's ``CLIP.forward`` returns ``logit_scale.exp()``, which must not be
 passed here). Under torch.distributed each rank gathers every rank's features and computes the
 loss over the global batch, so with DDP's gradient averaging N ranks train exactly like one
-process on the concatenated batch.
+process on the concatenated batch. With ``local_loss`` (open_clip's option of that name) each rank
+scores only its own rows against the gathered columns: an N/R x N slice instead of N x N, whose
+mean over ranks is the global loss, so the averaged gradients are the same.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.distributed import gather_features
+from models.distributed import gather_features, local_rows
 
 log = logging.getLogger(__name__)
 
 
 class ClipLoss(nn.Module):
     """Symmetric InfoNCE: each image must pick its caption among all captions, and vice versa."""
+
+    def __init__(self, local_loss: bool = False) -> None:
+        super().__init__()
+        self.local_loss = local_loss
 
     def forward(
         self,
@@ -35,10 +41,17 @@ class ClipLoss(nn.Module):
         Row ``i`` of the images matches row ``i`` of the texts (labels are ``arange``).
         """
         all_images, all_texts = gather_features(image_features, text_features)
-        logits_per_image = logit_scale.exp() * all_images @ all_texts.T
-        labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+        scale = logit_scale.exp()
+        labels = torch.arange(all_images.shape[0], device=all_images.device)
+        if self.local_loss:
+            logits_per_image = scale * image_features @ all_texts.T
+            logits_per_text = scale * text_features @ all_images.T
+            labels = labels[local_rows(image_features.shape[0])]
+        else:
+            logits_per_image = scale * all_images @ all_texts.T
+            logits_per_text = logits_per_image.T
         return (
-            F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_image.T, labels)
+            F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
         ) / 2
 
 
@@ -49,6 +62,10 @@ class SigLipLoss(nn.Module):
     bias offsets the heavy imbalance of B positives against B*(B-1) negatives.
     """
 
+    def __init__(self, local_loss: bool = False) -> None:
+        super().__init__()
+        self.local_loss = local_loss
+
     def forward(
         self,
         image_features: torch.Tensor,
@@ -58,19 +75,21 @@ class SigLipLoss(nn.Module):
     ) -> torch.Tensor:
         """``-sum(logsigmoid(labels * logits)) / batch``, with +1 labels on the diagonal, -1 off it.
 
-        ``batch`` is the global number of images, as in the SigLIP paper.
+        ``batch`` is the global number of images, as in the SigLIP paper (with ``local_loss``,
+        this rank's rows over its own number of images: the mean over ranks is the same).
         """
         all_images, all_texts = gather_features(image_features, text_features)
-        logits = logit_scale.exp() * all_images @ all_texts.T + logit_bias
-        n = logits.shape[0]
-        labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
-        return -F.logsigmoid(labels * logits).sum() / n
+        images = image_features if self.local_loss else all_images
+        logits = logit_scale.exp() * images @ all_texts.T + logit_bias
+        rows = local_rows(len(images)) if self.local_loss else slice(0, len(images))
+        labels = 2 * torch.eye(len(all_texts), device=logits.device, dtype=logits.dtype)[rows] - 1
+        return -F.logsigmoid(labels * logits).sum() / len(images)
 
 
 LOSSES: dict[str, type[nn.Module]] = {"clip": ClipLoss, "siglip": SigLipLoss}
 
 
-def create_loss(kind: str) -> nn.Module:
+def create_loss(kind: str, local_loss: bool = False) -> nn.Module:
     """Build the loss named on the command line (``clip`` or ``siglip``)."""
     try:
         cls = LOSSES[kind]
@@ -78,8 +97,8 @@ def create_loss(kind: str) -> nn.Module:
         raise ValueError(
             f"unknown loss {kind!r}; choose one of: {', '.join(sorted(LOSSES))}"
         ) from None
-    log.debug("using %s", cls.__name__)
-    return cls()
+    log.debug("using %s (local_loss=%s)", cls.__name__, local_loss)
+    return cls(local_loss=local_loss)
 
 
 def clamp_logit_scale(model: nn.Module, max_scale: float = math.log(100)) -> None:

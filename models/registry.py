@@ -10,11 +10,11 @@ import copy
 import importlib
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import open_clip
-from open_clip import factory as _oc_factory
 
 from models.errors import ModelError
 
@@ -27,6 +27,10 @@ PKG_PREFIX = "pkg:"
 CLIPSEARCH_KEY = "clipsearch"  # our block in an architecture config (see ``extras``)
 
 _raw_configs: dict[str, dict[str, Any]] = {}
+_project_configs_registered = False
+# open_clip registers architectures from JSON files named after them (add_model_config); resolved
+# configs are written here, and stay for the process: each registration re-reads every file.
+_resolved_dir: tempfile.TemporaryDirectory | None = None
 
 
 def _resolve_pkg(value: str) -> str:
@@ -57,17 +61,26 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def register_config(name: str, cfg: dict[str, Any]) -> None:
     """Make ``name`` known to open_clip with ``cfg`` (placeholders resolved)."""
+    global _resolved_dir
+    if not name or "/" in name or name.startswith("."):
+        raise ModelError(f"{name!r} cannot name an architecture: use letters, digits, - and _")
+    if _resolved_dir is None:
+        _resolved_dir = tempfile.TemporaryDirectory(prefix="clipsearch-configs-")
+    path = Path(_resolved_dir.name) / f"{name}.json"
+    path.write_text(json.dumps(resolve_config(cfg)))
     _raw_configs[name] = copy.deepcopy(cfg)
-    # open_clip keeps its registry in this module-level dict; add_model_config only reads files.
-    _oc_factory._MODEL_CONFIGS[name] = resolve_config(cfg)
+    open_clip.add_model_config(path)
 
 
 def ensure_registered() -> None:
     """Register every JSON config under ``models/configs`` once per process."""
-    if _raw_configs:
+    global _project_configs_registered
+    if _project_configs_registered:
         return
+    _project_configs_registered = True
     for path in sorted(CONFIG_DIR.glob("*.json")):
-        register_config(path.stem, json.loads(path.read_text()))
+        if path.stem not in _raw_configs:  # one registered before (a model directory's) wins
+            register_config(path.stem, json.loads(path.read_text()))
 
 
 def raw_config(name: str) -> dict[str, Any]:

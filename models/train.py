@@ -2,8 +2,9 @@
 
 Each epoch visits every image once with one of its captions drawn at random, so a batch never holds
 the same image twice (which would turn true pairs into negatives). The data order, the caption draw
-and the augmentation seeds are functions of (seed, epoch), and the torch RNG is saved with every
-checkpoint, so ``--resume`` continues the same loss curve as a run that never stopped.
+and the augmentation seeds are functions of (seed, epoch), and every rank's torch RNG (CPU and
+CUDA) is saved with every checkpoint, so ``--resume`` continues the same loss curve as a run that
+never stopped. ``accum_steps`` micro-batches form one contrastive batch (``models.accumulation``).
 
 With ``lock_text`` the frozen text trunk runs once per caption before training (LiT-style); only
 the text projection is then trained, which saves most of the text tower's compute.
@@ -30,10 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models import registry, weights
+from models import registry, rng, weights
+from models.accumulation import accumulate_gradients
 from models.data import Pair, read_pairs
 from models.distributed import (
     DistInfo,
+    all_gather_object,
     all_reduce_mean,
     barrier,
     cleanup_distributed,
@@ -46,7 +49,7 @@ from models.loss import clamp_logit_scale, create_loss
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: one RNG state per rank; 1 (still read): rank 0's CPU state only
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -65,6 +68,7 @@ class TrainConfig:
     model: str = registry.DEFAULT_MODEL
     pretrained: str | None = None
     loss: str = "clip"
+    local_loss: bool = False
     epochs: int = 10
     batch_size: int = 64
     lr: float = 5e-4
@@ -143,23 +147,30 @@ class TextTower(nn.Module):
 
 
 class ContrastiveModel(nn.Module):
-    """Both towers in one forward, so DDP sees every trainable parameter used there."""
+    """Both towers in one forward, the module that DDP wraps."""
 
     def __init__(self, model: nn.Module, text_cached: bool) -> None:
         super().__init__()
         self.model = model
         self.text_tower = TextTower(model, text_cached)
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        image_features = self.model.encode_image(images, normalize=True)
-        return image_features, self.text_tower(text), self.model.logit_scale
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_image(images, normalize=True), self.text_tower(text)
 
 
 @torch.inference_mode()
 def text_trunk_features(
-    loaded: LoadedModel, captions: list[str], device: torch.device
+    loaded: LoadedModel,
+    captions: list[str],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Outputs of the frozen text trunk for every caption (what the trainable head consumes)."""
+    """Outputs of the frozen text trunk for every caption (what the trainable head consumes).
+
+    ``amp_dtype`` is the run's autocast dtype (None: fp32), as in the training step.
+    """
     model = loaded.model
     was_training = model.training
     model.eval()
@@ -170,8 +181,8 @@ def text_trunk_features(
     ):
         idx = order[start : start + 256]
         tokens = loaded.tokenizer([captions[i] for i in idx])
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            feats = _trunk(loaded, tokens, device)
+        with autocast(device, amp_dtype):
+            feats = trunk_outputs(loaded, tokens, device)
         if out.numel() == 0:
             out = torch.empty(len(captions), feats.shape[1])
         out[idx] = feats
@@ -179,10 +190,12 @@ def text_trunk_features(
     return out
 
 
-def _trunk(loaded: LoadedModel, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+def trunk_outputs(loaded: LoadedModel, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The text tower's output before its trainable head (the projection), as float32 on the CPU."""
     model = loaded.model
     if loaded.has_hf_text:
-        # Batches of similar length (sorted by the caller), cut to their longest.
+        # open_clip's HFTextEncoder.forward up to its projection (tests/test_open_clip_api.py
+        # pins it). Batches of similar length (sorted by the caller), cut to their longest.
         tokens = loaded.trim_padding(tokens).to(device)
         mask = (tokens != model.text.config.pad_token_id).long()
         hidden = model.text.transformer(input_ids=tokens, attention_mask=mask)
@@ -215,6 +228,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16" and device.type != "cuda":
         raise ClipsearchError("fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``; off when ``dtype`` is None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -271,7 +289,7 @@ class Trainer:
         if self.channels_last:
             model.visual.to(memory_format=torch.channels_last)
 
-        self.loss_fn = create_loss(cfg.loss)
+        self.loss_fn = create_loss(cfg.loss, cfg.local_loss)
         if cfg.loss == "siglip" and model.logit_bias is None:
             # SigLIP's initialisation: t = 10, b = -10 (the bias is not exported: it only shapes
             # the loss, never the embeddings).
@@ -298,7 +316,9 @@ class Trainer:
         """The frozen trunk's outputs, kept in OUT so that a resumed run skips recomputing them."""
         source = self.loaded.source
         key = hashlib.sha256(
-            json.dumps([self.loaded.name, source.describe(), self.captions]).encode()
+            json.dumps(
+                [self.loaded.name, source.describe(), str(self.amp_dtype), self.captions]
+            ).encode()
         ).hexdigest()
         if source.path is not None:
             key += f"-{source.path.stat().st_size}-{source.path.stat().st_mtime_ns}"
@@ -307,7 +327,7 @@ class Trainer:
             cached = torch.load(path, weights_only=True)
             if cached.get("key") == key:
                 return cached["features"]
-        features = text_trunk_features(self.loaded, self.captions, self.device)
+        features = text_trunk_features(self.loaded, self.captions, self.device, self.amp_dtype)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_torch_save({"key": key, "features": features}, path)
@@ -334,7 +354,8 @@ class Trainer:
         )
 
     # --- checkpoints ----------------------------------------------------------------------
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint_state(self, rng_states: list[rng.RngState]) -> dict[str, Any]:
+        """Everything ``resume`` restores; ``rng_states`` holds every rank's, in rank order."""
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.loaded.name,
@@ -344,13 +365,13 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "best": self.best,
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_states,
             "config": json.loads(json.dumps(asdict(self.cfg))),
         }
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, rng_states: list[rng.RngState]) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(self.checkpoint_state(), self.ckpt_dir / "latest.pt")
+        atomic_torch_save(self.checkpoint_state(rng_states), self.ckpt_dir / "latest.pt")
 
     def resume(self, path: Path | None = None) -> None:
         """Restore model, optimizer, step, epoch and RNG from ``latest.pt`` (or ``path``)."""
@@ -361,7 +382,12 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as e:
             raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("model") != self.loaded.name:
+        if state.get("format") not in (1, CHECKPOINT_FORMAT):
+            raise CheckpointError(
+                f"{path} has checkpoint format {state.get('format')}, this version reads "
+                f"1 and {CHECKPOINT_FORMAT}: train again, or resume with the version that wrote it"
+            )
+        if state.get("model") != self.loaded.name:
             raise CheckpointError(
                 f"{path} holds a run of {state.get('model')!r}, not {self.loaded.name!r}"
             )
@@ -369,37 +395,60 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        torch.set_rng_state(state["torch_rng"].cpu())
+        rng_states = state.get("rng") or [{"cpu": state["torch_rng"]}]
+        if len(rng_states) == self.dist.world_size:
+            rng.restore(rng_states[self.dist.rank], self.device)
+        else:
+            log.warning(
+                "%s was written by %d processes, this run has %d: random draws (dropout) will "
+                "not continue exactly",
+                path,
+                len(rng_states),
+                self.dist.world_size,
+            )
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     # --- loop -----------------------------------------------------------------------------
+    def model_inputs(
+        self, images: torch.Tensor, caption_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader batch as the towers take it, on the device."""
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        text = self.text_inputs[caption_idx]
+        if not self.text_cached:
+            # Cut per micro-batch: accumulation splices features, not tokens.
+            text = self.loaded.trim_padding(text)
+        return images, text.to(self.device, non_blocking=True)
+
+    def batch_loss(
+        self, image_f: torch.Tensor, text_f: torch.Tensor, with_temperature: bool
+    ) -> torch.Tensor:
+        """The loss over the whole (global) batch; without gradients to the temperature if told."""
+        model = self.loaded.model
+        params = [model.logit_scale] + ([model.logit_bias] if self.cfg.loss == "siglip" else [])
+        if not with_temperature:
+            params = [p.detach() for p in params]
+        return self.loss_fn(image_f.float(), text_f.float(), *params)
+
     def train_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """One optimizer step over ``accum_steps`` micro-batches; returns the mean loss."""
+        """One optimizer step over ``accum_steps`` micro-batches as one contrastive batch.
+
+        Returns the loss of that batch.
+        """
         lr = lr_at(self.step, self.total_steps, self.cfg.lr, self.cfg.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for images, caption_idx in batches:
-            images = images.to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            text = self.text_inputs[caption_idx]
-            if not self.text_cached:
-                text = self.loaded.trim_padding(text)
-            text = text.to(self.device, non_blocking=True)
-            with torch.autocast(
-                self.device.type,
-                dtype=self.amp_dtype or torch.float32,
-                enabled=bool(self.amp_dtype),
-            ):
-                image_f, text_f, logit_scale = self.net(images, text)
-                args = (image_f.float(), text_f.float(), logit_scale)
-                if self.cfg.loss == "siglip":
-                    args = (*args, self.loaded.model.logit_bias)
-                loss = self.loss_fn(*args)
-            self.scaler.scale(loss / len(batches)).backward()
-            total += float(loss.detach())
+        loss = accumulate_gradients(
+            self.net,
+            [self.model_inputs(images, idx) for images, idx in batches],
+            self.batch_loss,
+            self.device,
+            backward=lambda value: self.scaler.scale(value).backward(),
+            autocast=lambda: autocast(self.device, self.amp_dtype),
+        )
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.loaded.model.parameters(), self.cfg.grad_clip)
@@ -407,7 +456,7 @@ class Trainer:
         self.scaler.update()
         clamp_logit_scale(self.loaded.model)
         self.step += 1
-        return total / len(batches)
+        return loss
 
     def validate(self) -> dict[str, Any] | None:
         """Retrieval recall on the validation pairs (main rank only)."""
@@ -480,14 +529,17 @@ class Trainer:
             self.epoch += 1
             if self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs:
                 val = self.validate()
+                rng_states = all_gather_object(rng.capture(self.device))
                 if self.dist.is_main:
-                    result = self.end_epoch(val, metrics_path)
+                    result = self.end_epoch(val, metrics_path, rng_states)
                 barrier()
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 break
         return result
 
-    def end_epoch(self, val: dict[str, Any] | None, metrics_path: Path) -> dict[str, Any]:
+    def end_epoch(
+        self, val: dict[str, Any] | None, metrics_path: Path, rng_states: list[rng.RngState]
+    ) -> dict[str, Any]:
         """Log validation, export the best model, then checkpoint (main rank)."""
         score = (
             self.step
@@ -514,7 +566,7 @@ class Trainer:
                 if self.text_cached and self.loaded.has_hf_text
                 else (),
             )
-        self.save_checkpoint()
+        self.save_checkpoint(rng_states)
         return entry
 
 

@@ -2,7 +2,10 @@
 
 The parent starts this file as a script twice with torchrun's environment variables; each
 worker runs DDP on its half of a fixed global batch and saves its loss and (averaged) gradients
-to a file, and the tests compare them with a single-process computation on the whole batch.
+to a file, and the tests compare them with a single-process computation on the whole batch:
+plain, with ``local_loss``, and with the half split into accumulated micro-batches. Each worker
+also trains a few steps with the ``Trainer`` and resumes, to check that every rank gets its own
+RNG state back.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Any
 
 import pytest
 import torch
+from synthetic import make_dataset
 from torch import nn
 
+from models.accumulation import accumulate_gradients
 from models.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -39,6 +44,10 @@ WORKER_TIMEOUT_S = 150
 COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 # "<loss kind>-<model>": the towers run in float64, the open_clip model in float32.
 CASES = ("clip-towers", "siglip-towers", "clip-openclip-tiny")
+# How each rank computes its half: "ddp" (the loss over the gathered batch), "local" (its rows
+# only, local_loss), "accum" (two accumulated micro-batches), "accum-local" (both).
+MODES = ("ddp", "local", "accum", "accum-local")
+MICRO_BATCHES = 2
 
 
 class TwoTowers(nn.Module):
@@ -79,25 +88,79 @@ def build_case(case: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
 
 
 def loss_and_grads(
-    model: nn.Module, forward: nn.Module, images: torch.Tensor, texts: torch.Tensor, kind: str
+    model: nn.Module,
+    forward: nn.Module,
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    kind: str,
+    mode: str = "ddp",
 ) -> dict[str, Any]:
-    """One forward/backward; ``forward`` is the model itself or its DDP wrapper."""
-    out = forward(images, texts)
-    image_features, text_features = out[0], out[1]
-    # The loss takes the raw log-temperature, not the exp() that open_clip's forward returns.
-    args = [model.logit_scale]
-    if kind == "siglip":
-        args.append(model.logit_bias)
-    loss = create_loss(kind)(image_features, text_features, *args)
-    loss.backward()
+    """One step's loss and gradients; ``forward`` is the model itself or its DDP wrapper.
+
+    ``forward`` returns (image features, text features); ``mode`` is one of ``MODES``.
+    """
+    loss_fn = create_loss(kind, local_loss=mode.endswith("local"))
+
+    def batch_loss(
+        image_features: torch.Tensor, text_features: torch.Tensor, with_temperature: bool
+    ) -> torch.Tensor:
+        # The loss takes the raw log-temperature, not the exp() that open_clip's forward returns.
+        args = [model.logit_scale] + ([model.logit_bias] if kind == "siglip" else [])
+        if not with_temperature:
+            args = [a.detach() for a in args]
+        return loss_fn(image_features, text_features, *args)
+
+    micro = MICRO_BATCHES if mode.startswith("accum") else 1
+    chunks = list(zip(images.chunk(micro), texts.chunk(micro), strict=True))
+    loss = accumulate_gradients(forward, chunks, batch_loss, torch.device("cpu"))
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return {"loss": loss.detach().clone(), "grads": grads}
+    return {"loss": torch.tensor(loss, dtype=torch.float64), "grads": grads}
+
+
+def two_outputs(model: nn.Module) -> nn.Module:
+    """The model as (image features, text features): open_clip's forward adds the scale."""
+    if isinstance(model, TwoTowers):
+        return model
+    from models.train import ContrastiveModel
+
+    return ContrastiveModel(model, text_cached=False)
+
+
+def counting_all_reduce(counter: list[int]) -> Any:
+    """A DDP communication hook that counts its all-reduces (one per bucket and sync)."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    def hook(state, bucket):  # unannotated: DDP checks annotations against its own types
+        counter[0] += 1
+        return allreduce_hook(state, bucket)
+
+    return hook
 
 
 # ----------------------------------------------------------------------------- worker side
 
 
-def _worker(out_dir: Path) -> None:
+def _train_and_resume(info: DistInfo, data: Path, out: Path) -> dict[str, torch.Tensor]:
+    """Train one epoch (accumulating, under DDP), then resume from its checkpoint."""
+    from models.train import TrainConfig, Trainer
+
+    torch.manual_seed(100 + info.rank)  # each rank its own stream, as train() seeds them
+    cfg = TrainConfig(
+        data=str(data), out=str(out), model="clipsearch-tiny", pretrained="none", epochs=1,
+        batch_size=4, accum_steps=MICRO_BATCHES, warmup_steps=1, workers=0, aug_scale=None,
+        precision="fp32", log_every=1000,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights" warning for --pretrained none
+        trainer = Trainer(cfg, info)
+    trainer.run()
+    saved = torch.get_rng_state()
+    torch.manual_seed(12345)
+    trainer.resume()
+    return {"saved": saved, "restored": torch.get_rng_state()}
+
+
+def _worker(out_dir: Path, data: Path) -> None:
     torch.set_num_threads(1)
     info = init_distributed("cpu", timeout=COLLECTIVE_TIMEOUT)
     result: dict[str, Any] = {
@@ -108,9 +171,15 @@ def _worker(out_dir: Path) -> None:
     per_rank = GLOBAL_BATCH // info.world_size
     rows = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
     for case in CASES:
-        model, images, texts, kind = build_case(case)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        result[case] = loss_and_grads(model, ddp, images[rows], texts[rows], kind)
+        for mode in MODES:
+            model, images, texts, kind = build_case(case)
+            ddp = nn.parallel.DistributedDataParallel(two_outputs(model))
+            all_reduces = [0]
+            ddp.register_comm_hook(None, counting_all_reduce(all_reduces))
+            got = loss_and_grads(model, ddp, images[rows], texts[rows], kind, mode)
+            result[f"{case}/{mode}"] = got | {"all_reduces": all_reduces[0]}
+
+    result["rng"] = _train_and_resume(info, data, out_dir / "run")
 
     # Ranks with different batch sizes must all get a clear error, not a hang.
     n = 3 if info.rank == 0 else 4
@@ -155,7 +224,12 @@ def _launch(out_dir: Path) -> tuple[list[int], list[str]]:
         with open(log_path, "wb") as log_file:  # a file, not a pipe: a full pipe could block
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, __file__, str(out_dir)],
+                    [
+                        sys.executable,
+                        __file__,
+                        str(out_dir),
+                        str(out_dir / "shapes" / "captions.csv"),
+                    ],
                     env=env,
                     cwd=REPO,
                     stdout=log_file,
@@ -180,6 +254,7 @@ def _launch(out_dir: Path) -> tuple[list[int], list[str]]:
 @pytest.fixture(scope="module")
 def worker_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out_dir = tmp_path_factory.mktemp("ddp")
+    make_dataset(out_dir / "shapes", n=32, size=32)
     for attempt in range(2):
         codes, logs = _launch(out_dir)
         if all(c == 0 for c in codes):
@@ -196,15 +271,21 @@ def worker_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, A
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES)
 def test_two_ranks_match_one_process_on_the_global_batch(
-    worker_results: list[dict[str, Any]], case: str
+    worker_results: list[dict[str, Any]], case: str, mode: str
 ) -> None:
     model, images, texts, kind = build_case(case)
-    expected = loss_and_grads(model, model, images, texts, kind)
+    expected = loss_and_grads(model, two_outputs(model), images, texts, kind)
     assert expected["grads"], "the reference produced no gradients"
     for rank, result in enumerate(worker_results):
-        got = result[case]
+        got = result[f"{case}/{mode}"]
+        if mode.endswith("local"):  # each rank's loss is its rows' share; their mean is global
+            shares = [r[f"{case}/{mode}"]["loss"] for r in worker_results]
+            got = got | {"loss": sum(shares) / WORLD_SIZE}
+        # Accumulation all-reduces once per step (no_sync before the last micro-batch).
+        assert got["all_reduces"] == result[f"{case}/ddp"]["all_reduces"] > 0
         torch.testing.assert_close(got["loss"], expected["loss"], atol=1e-5, rtol=1e-5)
         assert got["grads"].keys() == expected["grads"].keys(), f"rank {rank}"
         for name, grad in expected["grads"].items():
@@ -218,6 +299,14 @@ def test_two_ranks_match_one_process_on_the_global_batch(
     assert "logit_scale" in expected["grads"]
     if kind == "siglip":
         assert "logit_bias" in expected["grads"]
+
+
+@pytest.mark.slow
+def test_every_rank_resumes_its_own_rng_state(worker_results: list[dict[str, Any]]) -> None:
+    states = [result["rng"] for result in worker_results]
+    assert not torch.equal(states[0]["saved"], states[1]["saved"])
+    for rank, state in enumerate(states):
+        assert torch.equal(state["restored"], state["saved"]), f"rank {rank}"
 
 
 @pytest.mark.slow
@@ -261,4 +350,4 @@ def test_bad_environment_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]))
+    _worker(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -89,6 +89,23 @@ def test_resume_without_checkpoint_is_a_clear_error(dataset: Path, tmp_path: Pat
         train(tiny_config(dataset, tmp_path, epochs=1), resume=True)
 
 
+def test_resume_reads_the_previous_checkpoint_format(dataset: Path, tmp_path: Path) -> None:
+    from models.errors import CheckpointError
+
+    train(tiny_config(dataset, tmp_path, epochs=1))
+    path = tmp_path / "checkpoints" / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    saved = state.pop("rng")[0]["cpu"]
+    torch.save(state | {"format": 1, "torch_rng": saved}, path)  # rank 0's CPU state only
+    trainer = Trainer(tiny_config(dataset, tmp_path, epochs=1), init_distributed("cpu"))
+    torch.manual_seed(5)
+    trainer.resume()
+    assert trainer.epoch == 1 and torch.equal(torch.get_rng_state(), saved)
+    torch.save(state | {"format": 3}, path)
+    with pytest.raises(CheckpointError, match="checkpoint format 3"):
+        trainer.resume()
+
+
 def test_lock_text_caches_the_trunk_and_trains_only_the_rest(dataset: Path, tmp_path: Path) -> None:
     cfg = tiny_config(dataset, tmp_path, epochs=2, lock_text=True)
     trainer = Trainer(cfg, init_distributed("cpu"))
