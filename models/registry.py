@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "clipsearch-flickr8k"
+DEFAULT_MODEL = "clipsearch-base"
 PKG_PREFIX = "pkg:"
 CLIPSEARCH_KEY = "clipsearch"  # our block in an architecture config (see ``extras``)
 
