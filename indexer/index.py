@@ -16,17 +16,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 from PIL import Image
 
 from indexer import faiss_index as fx
+from indexer import query_text
 from indexer.catalog import Catalog, ItemRow
 from indexer.decode import Skip, decode, read_bytes, resolve_max_pixels
 from indexer.errors import IndexError_, ModelMismatchError, QueryError
-from indexer.ingest import index_images
 from indexer.layout import (
     CATALOG,
     FORMAT_VERSION,
@@ -44,8 +44,11 @@ from indexer.layout import (
 from indexer.lock import WriteLock
 from indexer.results import Hit, IndexReport
 from indexer.texts import sha256_text
-from models.encoder import Encoder
 from models.images import to_rgb
+
+if TYPE_CHECKING:  # torch and open_clip load when an encoder is first needed, not at import
+    from models.encoder import Encoder
+    from models.lite_text import LiteTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,7 @@ class Index:
         self._swap_lock = threading.RLock()
         self._encoder_lock = threading.Lock()
         self._states: dict[str, fx.FaissState] = {}
+        self._lite_text: LiteTextEncoder | None = None
         self._prefix_cache: OrderedDict[tuple[str, int], tuple[Any, int]] = OrderedDict()
         self._prefix_lock = threading.Lock()
         self.batch_size = int(opts.get("batch_size") or 32)
@@ -145,6 +149,8 @@ class Index:
         keeps what an existing index has. ``batch_size``, ``workers``, ``exclude``, ``device``,
         ``precision`` and ``lock_timeout`` apply to this object only.
         """
+        from models.encoder import Encoder
+
         directory = Path(directory).expanduser().absolute()
         device = opts.pop("device", "auto")
         precision = opts.pop("precision", None)
@@ -225,6 +231,8 @@ class Index:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
+            from models.encoder import Encoder
+
             with self._encoder_lock:
                 if self._encoder is None:
                     m = self.manifest.model
@@ -362,6 +370,8 @@ class Index:
             self._states = states
         for s in states.values():
             self._checkpoint(s)
+        if self._encoder is not None:
+            query_text.ensure(self.directory, self._encoder, self.manifest.model)
 
     def reload_if_changed(self) -> bool:
         """Pick up what other processes committed; True if a new index was swapped in."""
@@ -397,8 +407,16 @@ class Index:
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the text query is empty: give some words to search for")
         self._check(k, target, path_prefix)
-        vector = self.encoder.encode_texts([query.strip()])
+        vector = self._text_encoder().encode_texts([query.strip()])
         return self.search_vectors(vector, k, target, path_prefix)[0]
+
+    def _text_encoder(self) -> Encoder | LiteTextEncoder:
+        """The loaded encoder, else the index's torch-free text tower, else the encoder."""
+        if self._encoder is None and self._lite_text is None:
+            self._lite_text = query_text.load(self.directory, self.manifest.model)
+        if self._encoder is None and self._lite_text is not None:
+            return self._lite_text
+        return self.encoder
 
     def search_image(
         self,
@@ -533,6 +551,8 @@ class Index:
         workers: int | None = None,
     ) -> IndexReport:
         """Index files and folders (recursively) incrementally; see ``indexer.ingest``."""
+        from indexer.ingest import index_images
+
         if isinstance(paths, (str, Path)):
             paths = [paths]
         encoder = self.encoder

@@ -13,9 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import open_clip
-from open_clip import factory as _oc_factory
-
 from models.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -53,6 +50,8 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def register_config(name: str, cfg: dict[str, Any]) -> None:
     """Make ``name`` known to open_clip with ``cfg`` (placeholders resolved)."""
+    from open_clip import factory as _oc_factory  # here, not at import: open_clip takes seconds
+
     _raw_configs[name] = copy.deepcopy(cfg)
     # open_clip keeps its registry in this module-level dict; add_model_config only reads files.
     _oc_factory._MODEL_CONFIGS[name] = resolve_config(cfg)
@@ -71,6 +70,8 @@ def raw_config(name: str) -> dict[str, Any]:
     ensure_registered()
     if name in _raw_configs:
         return copy.deepcopy(_raw_configs[name])
+    import open_clip
+
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ModelError(f"unknown architecture {name!r}; run 'clipsearch models' to list them")
@@ -79,6 +80,8 @@ def raw_config(name: str) -> dict[str, Any]:
 
 def list_architectures() -> list[str]:
     """Every architecture name open_clip can build, the project's own first."""
+    import open_clip
+
     ensure_registered()
     ours = sorted(_raw_configs)
     return ours + [m for m in open_clip.list_models() if m not in _raw_configs]
