@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
 
+from indexer.location import default_index_dir
 from models.errors import ClipsearchError
 
 
@@ -18,7 +18,10 @@ class ConfigError(ClipsearchError):
 
 def serve(
     index: Path | None = typer.Option(
-        None, "--index", "-i", help="Index directory (else $CLIPSEARCH_INDEX_DIR)."
+        None,
+        "--index",
+        "-i",
+        help="Index directory (else $CLIPSEARCH_INDEX_DIR, $CLIPSEARCH_INDEX, the user's default).",
     ),
     host: str | None = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default 8000)."),
@@ -34,7 +37,9 @@ def serve(
     """Serve an index over HTTP: the /v1 API (docs at /docs), a web page at /, and the
     clip-retrieval endpoints. Other settings come from CLIPSEARCH_* environment variables."""
     import uvicorn
+    from pydantic import ValidationError
 
+    from app import remote
     from app.main import create_app
     from app.settings import Settings
 
@@ -52,17 +57,28 @@ def serve(
         name = ".".join(str(x) for x in err["loc"])
         raise ConfigError(f"setting {name} (CLIPSEARCH_{name.upper()}): {err['msg']}") from e
     if settings.index_dir is None:
-        raise ConfigError("no index given: pass --index DIR or set CLIPSEARCH_INDEX_DIR")
+        settings.index_dir = default_index_dir()
     if not settings.index_dir.is_dir():
         raise ConfigError(
             f"{settings.index_dir} is not a directory; create the index first "
             f"(clipsearch index PATH... --index {settings.index_dir})"
         )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=5,
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    # Announced for `clipsearch search` on this machine (a fixed port only: 0 is picked later).
+    announced = (
+        remote.announce(settings.index_dir, f"http://{host}:{settings.port}")
+        if settings.port
+        else None
     )
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            access_log=access_log,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if announced is not None:
+            remote.withdraw(announced)

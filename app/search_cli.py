@@ -1,0 +1,131 @@
+"""``clipsearch search "query"``: asks a running server for the index if there is one, else
+searches the index in this process (text queries without torch when the index has its exported
+text tower, see ``indexer.query_text``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from app.remote import URL_ENV, Unreachable, find_server, post_json
+from indexer.errors import QueryError
+from indexer.location import ENV_VAR as INDEX_ENV
+from indexer.location import default_index_dir
+
+HIT_KEYS = ("id", "score", "kind", "path", "text", "width", "height")
+
+
+def _ask_server(
+    url: str, query: str | None, image: Path | None, k: int, target: str, prefix: str | None
+) -> list[dict[str, Any]]:
+    body: dict[str, Any] = {"k": k, "target": target}
+    if prefix is not None:
+        body["filter"] = {"path_prefix": prefix}
+    if query is not None:
+        answer = post_json(url, "/v1/search/text", {"query": query, **body})
+    else:
+        assert image is not None
+        try:
+            data = image.read_bytes()
+        except OSError as e:
+            raise QueryError(f"cannot read the query image {image}: {e.strerror}") from e
+        body["image"] = base64.b64encode(data).decode()
+        answer = post_json(url, "/v1/search/image", body)
+    return [{key: h.get(key) for key in HIT_KEYS} for h in answer["hits"]]
+
+
+def _search_here(
+    index: Path,
+    query: str | None,
+    image: Path | None,
+    k: int,
+    target: str,
+    prefix: str | None,
+    device: str,
+) -> list[dict[str, Any]]:
+    from indexer.index import Index
+
+    idx = Index.open(index, device=device, lazy=True)
+    try:
+        if query is not None:
+            hits = idx.search_text(query, k, target, prefix)
+        else:
+            assert image is not None
+            hits = idx.search_image(image, k, target, prefix)
+    finally:
+        idx.close()
+    return [h.to_dict() for h in hits]
+
+
+def _print(hits: list[dict[str, Any]], as_json: bool, paths: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(hits, indent=2))
+        return
+    if paths:
+        for h in hits:
+            typer.echo(h["path"] if h["kind"] == "image" else h["text"])
+        return
+    if not hits:
+        typer.echo("no results", err=True)
+    for rank, h in enumerate(hits, 1):
+        what = h["path"] if h["kind"] == "image" else h["text"]
+        typer.echo(f"{rank:3d}  {h['score']:+.4f}  #{h['id']}  {what}")
+
+
+def search_command(
+    query: str | None = typer.Argument(None, help="What to look for, in words."),
+    image: Path | None = typer.Option(
+        None, "--image", help="Search with this image file instead of words."
+    ),
+    index: Path = typer.Option(
+        default_index_dir(),
+        "--index",
+        "-i",
+        envvar=INDEX_ENV,
+        help="Index directory.",
+        show_default="$CLIPSEARCH_INDEX, else ~/.local/share/clipsearch/index",
+    ),
+    k: int = typer.Option(10, "-k", "--k", help="Number of results."),
+    target: str = typer.Option("images", "--target", help="images or texts."),
+    path_prefix: str | None = typer.Option(
+        None, "--path-prefix", help="Only images in this folder (or below)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
+    paths: bool = typer.Option(
+        False, "--paths", help="Print only the paths (texts for --target texts), one a line."
+    ),
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        envvar=URL_ENV,
+        help="Ask the server at this URL. Default: the server announced for --index, if up.",
+    ),
+    local: bool = typer.Option(
+        False, "--local", help="Search in this process even when a server is up."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (local search)."),
+) -> None:
+    """Find the images (or texts) nearest to words or to an image."""
+    if (query is None) == (image is None):
+        raise QueryError(
+            'give a text query or --image PATH (one of them): clipsearch search "a dog"'
+        )
+    if as_json and paths:
+        raise QueryError("--json and --paths are two output formats: pick one")
+    prefix = os.path.abspath(os.path.expanduser(path_prefix)) if path_prefix else None
+    if prefix is not None and path_prefix and path_prefix.endswith(os.sep):
+        prefix += os.sep
+    server = None if local else (url or find_server(index))
+    if server is not None:
+        try:
+            _print(_ask_server(server, query, image, k, target, prefix), as_json, paths)
+            return
+        except Unreachable:
+            if url is not None:
+                raise  # the server asked for by name is down: say so, do not guess
+    _print(_search_here(index, query, image, k, target, prefix, device), as_json, paths)
