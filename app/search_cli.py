@@ -13,9 +13,8 @@ from typing import Any
 import typer
 
 from app.remote import URL_ENV, Unreachable, find_server, post_json
+from indexer.cli import IndexDir
 from indexer.errors import QueryError
-from indexer.location import ENV_VAR as INDEX_ENV
-from indexer.location import default_index_dir
 
 HIT_KEYS = ("id", "score", "kind", "path", "text", "width", "height")
 
@@ -78,17 +77,10 @@ def _print(hits: list[dict[str, Any]], as_json: bool, paths: bool) -> None:
 
 
 def search_command(
+    index: IndexDir,
     query: str | None = typer.Argument(None, help="What to look for, in words."),
     image: Path | None = typer.Option(
         None, "--image", help="Search with this image file instead of words."
-    ),
-    index: Path = typer.Option(
-        default_index_dir(),
-        "--index",
-        "-i",
-        envvar=INDEX_ENV,
-        help="Index directory.",
-        show_default="$CLIPSEARCH_INDEX, else ~/.local/share/clipsearch/index",
     ),
     k: int = typer.Option(10, "-k", "--k", help="Number of results."),
     target: str = typer.Option("images", "--target", help="images or texts."),

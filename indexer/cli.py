@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -15,14 +16,17 @@ from indexer.texts import read_corpus
 
 app = typer.Typer(no_args_is_help=True)
 
-INDEX_OPT = typer.Option(
-    default_index_dir(),
-    "--index",
-    "-i",
-    envvar=ENV_VAR,
-    help="Index directory (`index` creates it if missing).",
-    show_default="$CLIPSEARCH_INDEX, else ~/.local/share/clipsearch/index",
-)
+IndexDir = Annotated[
+    Path,
+    typer.Option(
+        "--index",
+        "-i",
+        default_factory=default_index_dir,
+        envvar=ENV_VAR,
+        help="Index directory (`index` creates it if missing).",
+        show_default="~/.local/share/clipsearch/index",
+    ),
+]
 MODEL_OPT = typer.Option(
     None, "--model", help="Architecture; a new index defaults to the project's model."
 )
@@ -51,8 +55,8 @@ def _print_report(report: IndexReport, as_json: bool, verbose: bool) -> None:
 
 @app.command("index")
 def index_command(
+    index: IndexDir,
     paths: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
-    index: Path = INDEX_OPT,
     model: str | None = MODEL_OPT,
     pretrained: str | None = PRETRAINED_OPT,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder batch."),
@@ -110,8 +114,8 @@ def index_command(
 
 @app.command("index-text")
 def index_text_command(
+    index: IndexDir,
     file: Path = typer.Argument(..., help="Captions, labels or tags: CSV/TSV, or one per line."),
-    index: Path = INDEX_OPT,
     column: str | None = typer.Option(
         None, "--column", help="CSV column to read (default: caption/text/label/tag...)."
     ),
@@ -143,7 +147,7 @@ def index_text_command(
 
 @app.command("info")
 def info_command(
-    index: Path = INDEX_OPT,
+    index: IndexDir,
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
     """Counts, model, index types, recall@10, sizes and format version of an index."""
