@@ -25,6 +25,7 @@ from PIL import Image
 from app.batching import Batcher
 from app.errors import ApiError, bad_request, not_found, not_ready
 from app.metrics import Metrics
+from app.ports import EncoderPort, IndexPort
 from app.settings import Settings
 from models.errors import ClipsearchError
 
@@ -43,10 +44,12 @@ class TextQuery:
 class SearchService:
     """Owns the ``Index``: opens it, searches it, changes it and picks up changes from disk."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, index: Any | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, index: IndexPort | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._index = index
+        self._index: IndexPort | None = index
         self._owns_index = index is None
         self._open_error: str | None = None if index is not None else "the index is not open yet"
         self._infer = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-infer")
@@ -158,13 +161,13 @@ class SearchService:
         return self._open_error
 
     @property
-    def index(self) -> Any:
+    def index(self) -> IndexPort:
         if self._index is None:
             raise not_ready(f"the index is not loaded: {self._open_error}")
         return self._index
 
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> EncoderPort:
         return self.index.encoder
 
     def refresh_size(self) -> None:
