@@ -15,20 +15,21 @@ import typer
 from app.remote import URL_ENV, Unreachable, find_server, post_json
 from indexer.cli import IndexDir
 from indexer.errors import QueryError
+from indexer.query import Query, Term, parse_query
 
-HIT_KEYS = ("id", "score", "kind", "path", "text", "width", "height")
+HIT_KEYS = ("id", "score", "kind", "path", "text", "width", "height", "duplicates")
 
 
 def _ask_server(
-    url: str, query: str | None, image: Path | None, k: int, target: str, prefix: str | None
+    url: str, query: Query, image: Path | None, k: int, target: str, prefix: str | None
 ) -> list[dict[str, Any]]:
     body: dict[str, Any] = {"k": k, "target": target}
     if prefix is not None:
         body["filter"] = {"path_prefix": prefix}
-    if query is not None:
-        answer = post_json(url, "/v1/search/text", {"query": query, **body})
+    if image is None:
+        text = query.plain_text or query.with_absolute_paths().describe()
+        answer = post_json(url, "/v1/search/text", {"query": text, **body})
     else:
-        assert image is not None
         try:
             data = image.read_bytes()
         except OSError as e:
@@ -39,26 +40,13 @@ def _ask_server(
 
 
 def _search_here(
-    index: Path,
-    query: str | None,
-    image: Path | None,
-    k: int,
-    target: str,
-    prefix: str | None,
-    device: str,
+    index: Path, query: Query, k: int, target: str, prefix: str | None, device: str
 ) -> list[dict[str, Any]]:
     from indexer.index import Index
+    from indexer.query import search
 
-    idx = Index.open(index, device=device, lazy=True)
-    try:
-        if query is not None:
-            hits = idx.search_text(query, k, target, prefix)
-        else:
-            assert image is not None
-            hits = idx.search_image(image, k, target, prefix)
-    finally:
-        idx.close()
-    return [h.to_dict() for h in hits]
+    with Index.open(index, device=device, lazy=True) as idx:
+        return [h.to_dict() for h in search(idx, query, k, target, prefix)]
 
 
 def _print(hits: list[dict[str, Any]], as_json: bool, paths: bool) -> None:
@@ -78,7 +66,11 @@ def _print(hits: list[dict[str, Any]], as_json: bool, paths: bool) -> None:
 
 def search_command(
     index: IndexDir,
-    query: str | None = typer.Argument(None, help="What to look for, in words."),
+    query: str | None = typer.Argument(
+        None,
+        help='Words, or an expression: \'"beach" + "sunset" - 0.5:"people"\', '
+        "'#42 + \"at night\"', 'image:photo.jpg - \"blurry\"'.",
+    ),
     image: Path | None = typer.Option(
         None, "--image", help="Search with this image file instead of words."
     ),
@@ -112,12 +104,13 @@ def search_command(
     prefix = os.path.abspath(os.path.expanduser(path_prefix)) if path_prefix else None
     if prefix is not None and path_prefix and path_prefix.endswith(os.sep):
         prefix += os.sep
+    parsed = parse_query(query) if query is not None else Query((Term(1.0, path=str(image)),))
     server = None if local else (url or find_server(index))
     if server is not None:
         try:
-            _print(_ask_server(server, query, image, k, target, prefix), as_json, paths)
+            _print(_ask_server(server, parsed, image, k, target, prefix), as_json, paths)
             return
         except Unreachable:
             if url is not None:
                 raise  # the server asked for by name is down: say so, do not guess
-    _print(_search_here(index, query, image, k, target, prefix, device), as_json, paths)
+    _print(_search_here(index, parsed, k, target, prefix, device), as_json, paths)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -28,6 +28,9 @@ from app.metrics import Metrics
 from app.ports import EncoderPort, IndexPort
 from app.settings import Settings
 from models.errors import ClipsearchError
+
+if TYPE_CHECKING:
+    from indexer.query import Query
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -217,6 +220,17 @@ class SearchService:
             for i, hits in zip(rows, results, strict=True):
                 out[i] = list(hits)[: queries[i].k]
         return out
+
+    async def search_query(
+        self, query: Query, k: int, target: str, path_prefix: str | None = None
+    ) -> list:
+        """A query expression (``indexer.query``): weighted texts and images, named images out."""
+        from indexer.query import search
+
+        index = self.index
+        return await self._run(
+            self._infer, search, index, query, k, target, path_prefix, files=False
+        )
 
     async def search_vector(
         self, vector: np.ndarray, k: int, target: str, path_prefix: str | None = None

@@ -422,6 +422,16 @@ class Catalog:
             sql += f" LIMIT {int(limit)}"
         return [(p, r or "", d or "") for p, r, d in self.conn.execute(sql)]
 
+    def sha256_of(self, ids: Sequence[int]) -> dict[int, str | None]:
+        """Content hashes of items, by id (for collapsing byte-identical files in results)."""
+        out: dict[int, str | None] = {}
+        for chunk in _chunks([int(i) for i in ids]):
+            rows = self.conn.execute(
+                f"SELECT id, sha256 FROM items WHERE id IN ({_marks(len(chunk))})", chunk
+            )
+            out.update(rows)
+        return out
+
     def ids_with_prefix(self, prefix: str) -> np.ndarray:
         """Ids of indexed images whose path starts with ``prefix``."""
         rows = self.conn.execute(

@@ -407,25 +407,23 @@ class Index:
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the text query is empty: give some words to search for")
         self._check(k, target, path_prefix)
-        vector = self._text_encoder().encode_texts([query.strip()])
+        vector = self.embed_texts([query.strip()])
         return self.search_vectors(vector, k, target, path_prefix)[0]
 
-    def _text_encoder(self) -> Encoder | LiteTextEncoder:
-        """The loaded encoder, else the index's torch-free text tower, else the encoder."""
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors of ``texts``: by the loaded encoder, else by the index's torch-free
+        text tower when it has one (``indexer.query_text``), else by the encoder loaded now."""
+        encoder: Encoder | LiteTextEncoder
         if self._encoder is None and self._lite_text is None:
             self._lite_text = query_text.load(self.directory, self.manifest.model)
         if self._encoder is None and self._lite_text is not None:
-            return self._lite_text
-        return self.encoder
+            encoder = self._lite_text
+        else:
+            encoder = self.encoder
+        return encoder.encode_texts(list(texts))
 
-    def search_image(
-        self,
-        image: Image.Image | str | Path,
-        k: int = 10,
-        target: str = "images",
-        path_prefix: str | None = None,
-    ) -> list[Hit]:
-        self._check(k, target, path_prefix)
+    def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
+        """The vector of one image (a file is decoded as the indexer does: pixel cap, EXIF)."""
         if not isinstance(image, Image.Image):
             try:
                 decoded = decode(read_bytes(str(image)), self.max_pixels, self.encoder.image_size)
@@ -435,8 +433,17 @@ class Index:
                 ) from None
             image = decoded.image
         tensor = self.encoder.preprocess(to_rgb(image))
-        vector = self.encoder.encode_image_tensor(tensor[None])
-        return self.search_vectors(vector, k, target, path_prefix)[0]
+        return self.encoder.encode_image_tensor(tensor[None])[0]
+
+    def search_image(
+        self,
+        image: Image.Image | str | Path,
+        k: int = 10,
+        target: str = "images",
+        path_prefix: str | None = None,
+    ) -> list[Hit]:
+        self._check(k, target, path_prefix)
+        return self.search_vectors(self.embed_image(image)[None], k, target, path_prefix)[0]
 
     def search_vector(
         self,

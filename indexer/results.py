@@ -18,6 +18,7 @@ class Hit:
     text: str | None = None  # for kind == "text"
     width: int | None = None
     height: int | None = None
+    duplicates: tuple[str, ...] = ()  # paths of byte-identical copies folded into this hit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

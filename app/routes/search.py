@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
-from app.errors import bad_request
+from app.errors import bad_request, not_found
 from app.routes.common import (
     check_k,
     check_query,
@@ -27,6 +27,7 @@ from app.schemas import (
     VectorSearchRequest,
 )
 from app.uploads import b64decode
+from indexer.query import Query, Term, parse_query
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[ReadAccess])
 
@@ -43,11 +44,16 @@ def _response(hits: list, target: str, request: Request, start: float) -> Search
 async def search_text(
     body: TextSearchRequest, request: Request, service: ServiceDep, settings: SettingsDep
 ) -> SearchResponse:
-    """Text → images (what people mostly want) or text → texts."""
+    """Text → images (what people mostly want) or text → texts. ``query`` is plain words or an
+    expression: ``"beach" + "sunset" - 0.5:"people"``, ``#42 + "at night"`` (see
+    ``indexer.query``); a malformed expression is a 422 that says where."""
     start = time.perf_counter()
-    query = check_query(body.query, settings)
+    query = parse_query(check_query(body.query, settings))
     k = check_k(body.k, settings)
-    hits = await service.search_text(query, k, body.target, body.path_prefix)
+    if query.plain_text is not None:  # the common case, batched with concurrent queries
+        hits = await service.search_text(query.plain_text, k, body.target, body.path_prefix)
+    else:
+        hits = await service.search_query(query, k, body.target, body.path_prefix)
     return _response(hits, body.target, request, start)
 
 
@@ -109,8 +115,12 @@ async def search_image(
     k = check_k(body.k, settings)
     if data is None:
         assert body.image_id is not None
-        path = await service.get_image_path(body.image_id)
-        hits = await service.search_image(path, k, body.target, body.path_prefix)
+        item = await service.get(body.image_id)
+        if item.kind != "image":
+            raise not_found(f"item {body.image_id} is a {item.kind}, not an image")
+        # By its stored vector, leaving the image itself out of its look-alikes.
+        query = Query((Term(1.0, id=body.image_id),))
+        hits = await service.search_query(query, k, body.target, body.path_prefix)
     else:
         image = await decode_upload(data, settings, service)
         hits = await service.search_image(image, k, body.target, body.path_prefix)

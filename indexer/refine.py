@@ -1,0 +1,53 @@
+"""Nearest neighbours made into clean results: the query's own images left out, and byte-identical
+files (same SHA-256, so the same vector and score) collapsed into one hit that lists the others."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from indexer.index import Index
+    from indexer.results import Hit
+
+
+def collapse_duplicates(hits: list[Hit], sha256: dict[int, str | None]) -> list[Hit]:
+    """Keep the first (best) hit of each content; it carries the other paths in ``duplicates``."""
+    first: dict[str, int] = {}
+    out: list[Hit] = []
+    for hit in hits:
+        digest = sha256.get(hit.id)
+        if digest is None or hit.kind != "image":
+            out.append(hit)
+            continue
+        if digest in first:
+            keep = out[first[digest]]
+            out[first[digest]] = dataclasses.replace(
+                keep, duplicates=(*keep.duplicates, hit.path or "")
+            )
+            continue
+        first[digest] = len(out)
+        out.append(hit)
+    return out
+
+
+def search_clean(
+    index: Index,
+    vector: np.ndarray,
+    k: int,
+    target: str = "images",
+    path_prefix: str | None = None,
+    exclude: Collection[int] = (),
+) -> list[Hit]:
+    """``k`` clean hits for one unit ``vector`` (fetching more while duplicates use up places)."""
+    fetch = k + len(exclude)
+    while True:
+        hits = index.search_vectors(vector[None, :], fetch, target, path_prefix)[0]
+        kept = [h for h in hits if h.id not in exclude]
+        clean = collapse_duplicates(kept, index.catalog.sha256_of([h.id for h in kept]))
+        if len(clean) >= k or len(hits) < fetch:
+            return clean[:k]
+        fetch *= 2

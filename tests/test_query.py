@@ -1,0 +1,124 @@
+"""Query algebra (``indexer.query``): one grammar, parsed once, for the CLI, REST and the page;
+and clean results (the query's own image left out, byte-identical files collapsed)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from test_app_support import app_for, build_index
+
+from indexer import Index, QueryError
+from indexer.query import Query, Term, embed_query, parse_query, search
+
+
+@pytest.mark.parametrize(
+    ("text", "terms"),
+    [
+        ("a dog on the beach", [Term(1.0, text="a dog on the beach")]),
+        ("  a  dog\t", [Term(1.0, text="a dog")]),
+        ('"beach" + "sunset" - 0.5:"people"',
+         [Term(1.0, text="beach"), Term(1.0, text="sunset"), Term(-0.5, text="people")]),
+        ('-"indoor"', [Term(-1.0, text="indoor")]),
+        ('#42 + 2:"at night"', [Term(1.0, id=42), Term(2.0, text="at night")]),
+        ('image:~/a.jpg - .25:"blurry"', [Term(1.0, path="~/a.jpg"), Term(-0.25, text="blurry")]),
+        ('image:"/x/a b.jpg"', [Term(1.0, path="/x/a b.jpg")]),
+        ('"say \\"cheese\\""', [Term(1.0, text='say "cheese"')]),
+        ("a child's toy", [Term(1.0, text="a child's toy")]),
+    ],
+)  # fmt: skip
+def test_parse(text: str, terms: list[Term]) -> None:
+    query = parse_query(text)
+    assert list(query.terms) == terms
+    assert parse_query(query.describe()) == query or query.plain_text is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ('"beach" "sunset"', 'expected "+" or "-" between terms'),
+        ('"beach" + sunset', 'expected a "text", #ID or image:PATH'),
+        ('"beach', "missing its closing double quote"),
+        ('0:"beach"', "positive number"),
+        ('"beach" +', "near 'the end'"),
+        ('""', "an empty text"),
+        ("image:", "needs a path"),
+        (" + ".join(['"a"'] * 20), "at most 16 terms"),
+    ],
+)
+def test_bad_expressions_say_where(text: str, message: str) -> None:
+    with pytest.raises(QueryError) as e:
+        parse_query(text)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
+    root = tmp_path_factory.mktemp("query")
+    idx = build_index(root, n=8)
+    copy = root / "images" / "copy" / "same.png"
+    copy.parent.mkdir()
+    shutil.copy(sorted((root / "images").glob("0000_*.png"))[0], copy)
+    idx.add_images([root / "images"])
+    yield idx
+    idx.close()
+
+
+def test_weighted_sum_is_the_search_vector(index: Index) -> None:
+    texts = index.embed_texts(["red", "circle", "blue"])
+    vector, named = embed_query(index, parse_query('"red" + 2:"circle" - 0.5:"blue"'))
+    expected = texts[0] + 2 * texts[1] - 0.5 * texts[2]
+    assert np.allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
+    assert named == set()
+    with pytest.raises(QueryError, match="cancel out"):
+        embed_query(index, parse_query('"red" - "red"'))
+    with pytest.raises(QueryError, match="#999999: no item"):
+        embed_query(index, parse_query("#999999"))
+
+
+def test_similar_images_leave_the_query_image_out(index: Index) -> None:
+    first = index.search_text("a red circle", k=1)[0]
+    for query in (f"#{first.id}", f'image:"{first.path}"'):
+        hits = search(index, query, k=5)
+        assert len(hits) == 5 and first.id not in {h.id for h in hits}
+    plain = index.search_image(first.path, k=2)  # the unrefined search finds it first
+    assert plain[0].id == first.id
+
+
+def test_byte_identical_files_collapse_into_one_hit(index: Index) -> None:
+    raw = index.search_text("x", k=20)
+    assert len(raw) == 9  # 8 pictures and a byte-identical copy of one, indexed on its own
+    hits = search(index, '"x"', k=20)
+    assert len(hits) == 8
+    folded = [h for h in hits if h.duplicates]
+    assert len(folded) == 1 and len(folded[0].duplicates) == 1
+    paths = {folded[0].path, *folded[0].duplicates}
+    assert any(p.endswith("copy/same.png") for p in paths)
+    assert any("/0000_" in p for p in paths)
+    assert len(search(index, '"x"', k=3)) == 3
+
+
+def test_rest_takes_expressions_and_refuses_files(index: Index) -> None:
+    with TestClient(app_for(index)) as c:
+        r = c.post("/v1/search/text", json={"query": '"red" + "circle" - 0.5:"blue"', "k": 3})
+        assert r.status_code == 200 and len(r.json()["hits"]) == 3, r.text
+        r = c.post("/v1/search/text", json={"query": '"red" +'})
+        assert r.status_code == 422 and "bad query at character" in r.json()["detail"]
+        r = c.post("/v1/search/text", json={"query": 'image:"/etc/hostname"'})
+        assert r.status_code == 422 and "not an indexed image" in r.json()["detail"]
+        first = index.search_text("a red circle", k=1)[0]
+        r = c.post("/v1/search/image", json={"image_id": first.id, "k": 3})
+        assert r.status_code == 200 and first.id not in {h["id"] for h in r.json()["hits"]}
+
+
+def test_query_describes_itself() -> None:
+    q = Query((Term(1.0, text="beach"), Term(-0.5, text="people"), Term(2.0, id=3)))
+    assert q.describe() == '"beach" - 0.5:"people" + 2:#3'
+    assert Query((Term(1.0, path="a.jpg"),)).with_absolute_paths().terms[0].path == str(
+        Path("a.jpg").absolute()
+    )
