@@ -433,11 +433,13 @@ class Catalog:
         return out
 
     def ids_with_prefix(self, prefix: str) -> np.ndarray:
-        """Ids of indexed images whose path starts with ``prefix``."""
+        """Ids of indexed images at ``prefix`` or in the folder ``prefix`` (and below): folder
+        boundaries count, so ``/photos/2023`` never matches ``/photos/2023-old/a.jpg``."""
+        folder = prefix.rstrip("/") + "/"
         rows = self.conn.execute(
             """SELECT id FROM items WHERE kind = 'image' AND status = 'ok'
-               AND path >= ? AND path < ?""",
-            (prefix, prefix + "\U0010ffff"),
+               AND (path = ? OR (path >= ? AND path < ?))""",
+            (prefix.rstrip("/") or "/", folder, folder + "\U0010ffff"),
         ).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 

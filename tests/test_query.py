@@ -122,3 +122,18 @@ def test_query_describes_itself() -> None:
     assert Query((Term(1.0, path="a.jpg"),)).with_absolute_paths().terms[0].path == str(
         Path("a.jpg").absolute()
     )
+
+
+def test_path_prefixes_match_at_folder_boundaries(tmp_path: Path) -> None:
+    from test_indexer_support import tiny_encoder, write_images
+
+    write_images(tmp_path / "photos" / "2023", 2)
+    write_images(tmp_path / "photos" / "2023-old", 2, start=2)
+    with Index.create(tmp_path / "idx", encoder=tiny_encoder(), workers=0) as idx:
+        idx.add_images([tmp_path / "photos"])
+        for prefix in ("photos/2023", "photos/2023/"):
+            hits = idx.search_text("x", k=10, path_prefix=str(tmp_path / prefix))
+            assert sorted(Path(h.path).parent.name for h in hits) == ["2023", "2023"]
+        one = str(tmp_path / "photos" / "2023-old" / "img_0002.png")
+        assert [h.path for h in idx.search_text("x", k=10, path_prefix=one)] == [one]
+        assert idx.search_text("x", k=10, path_prefix=str(tmp_path / "photos" / "20")) == []
