@@ -42,6 +42,9 @@ def _ask_server(
 def _search_here(
     index: Path, query: Query, k: int, target: str, prefix: str | None, device: str
 ) -> list[dict[str, Any]]:
+    # One query is a few small matrix products: BLAS threads only add start-up and contention
+    # (3-10x slower on 2 busy cores). numpy is first imported below, so this still applies.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from indexer.index import Index
     from indexer.query import search
 

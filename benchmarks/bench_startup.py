@@ -90,8 +90,8 @@ def main() -> None:
     env.pop("CLIPSEARCH_URL", None)
     py, cli = sys.executable, [sys.executable, "-m", "app.cli"]
     idx = str(args.index)
-    tower = args.index / "query-text.npz"
-    hidden = args.index.parent / f".{args.index.name}.query-text.npz"
+    tower = args.index / "query-text.tower"
+    hidden = args.index.parent / f".{args.index.name}.query-text.tower"
 
     def search(i: int, *extra: str) -> list[str]:
         return [*cli, "search", QUERIES[i % len(QUERIES)], "-i", idx, "-k", "10", *extra]

@@ -1,4 +1,4 @@
-"""The index's torch-free text query encoder, ``DIR/query-text.npz`` (see ``models.lite_text``).
+"""The index's torch-free text query encoder, ``DIR/query-text.tower`` (see ``models.lite_text``).
 
 Written beside the FAISS checkpoints by a writer that has the encoder loaded, for models whose
 text tower can be exported; a reader that finds it embeds text queries without importing torch or
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from models.encoder import Encoder
 
 log = logging.getLogger(__name__)
-QUERY_TEXT = "query-text.npz"
+QUERY_TEXT = "query-text.tower"
 IDENTITY_KEYS = ("model", "weights_sha256", "dim")
 
 

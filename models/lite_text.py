@@ -2,7 +2,7 @@
 
 Importing torch and open_clip takes seconds, while embedding one short query through a 6-layer
 BERT is a few milliseconds of numpy. ``export`` (which needs torch) writes the tower's weights and
-its tokenizer into one ``.npz``; ``LiteTextEncoder`` reads it with numpy and ``tokenizers`` only
+its tokenizer into one file; ``LiteTextEncoder`` reads it with numpy and ``tokenizers`` only
 and reproduces open_clip's ``encode_text(normalize=True)`` for HF BERT towers with a mean pooler
 and a linear (or no) projection. Other towers are not exportable (``export`` returns False) and
 keep the full encoder.
@@ -11,9 +11,9 @@ keep the full encoder.
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from models.encoder import Encoder
 
 LITE_FORMAT_VERSION = 1
+MAGIC = b"CSLTOWER"
+ALIGN = 64
 _erf = np.vectorize(math.erf, otypes=[np.float32])
 
 
@@ -77,15 +79,33 @@ def export(encoder: Encoder, path: Path, identity: dict[str, Any]) -> bool:
         "context_length": int(encoder.loaded.tokenizer.context_length),
         "tokenizer": backend.to_str(),
     }
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-    tmp = path.with_name(f"{path.name}.tmp-{id(buf)}")
+    _write(path, meta, arrays)
+    return True
+
+
+def _write(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """One file: magic, header length, JSON header (meta, array table), aligned float32 data."""
+    table, offset = {}, 0
+    for name, a in arrays.items():
+        table[name] = [offset, list(a.shape)]
+        offset += _aligned(a.size * 4)
+    header = json.dumps({**meta, "arrays": table}).encode()
+    base = _aligned(len(MAGIC) + 8 + len(header))
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(buf.getvalue())
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + len(header).to_bytes(8, "little") + header)
+            for name, a in arrays.items():
+                f.seek(base + table[name][0])
+                f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
+            f.truncate(base + offset)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    return True
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -110,11 +130,22 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def _read(path: Path, weights: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Header and weights; the weights are a memory map, so only the rows a query uses of the
+    large token-embedding table are ever read from disk."""
     try:
-        with np.load(path) as data:
-            meta = json.loads(data["meta"].tobytes())
-            arrays = {k: data[k] for k in data.files if k != "meta"} if weights else {}
-    except (OSError, ValueError, KeyError) as e:
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise ValueError("not an exported text tower")
+            size = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(size))
+        arrays: dict[str, np.ndarray] = {}
+        if weights:
+            base = _aligned(len(MAGIC) + 8 + size)
+            data = np.memmap(path, dtype="<f4", mode="r")
+            for name, (offset, shape) in meta.pop("arrays").items():
+                start = (base + offset) // 4
+                arrays[name] = data[start : start + math.prod(shape)].reshape(shape)
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"cannot read the exported text tower {path}: {e}") from e
     if meta.get("format_version") != LITE_FORMAT_VERSION:
         raise ModelError(f"{path} is an exported text tower of another format version")

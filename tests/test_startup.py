@@ -68,7 +68,7 @@ TEXTS = [
 
 
 def test_lite_text_tower_equals_the_encoder(shipped: Encoder, tmp_path: Path) -> None:
-    path = tmp_path / "tower.npz"
+    path = tmp_path / "query.tower"
     identity = {"model": shipped.name, "weights_sha256": "x", "dim": shipped.dim}
     assert export(shipped, path, identity)
     lite = LiteTextEncoder.load(path)
@@ -82,8 +82,8 @@ def test_lite_text_tower_equals_the_encoder(shipped: Encoder, tmp_path: Path) ->
 def test_towers_that_cannot_be_exported_say_so(tmp_path: Path) -> None:
     from test_indexer_support import tiny_encoder  # a CLIP-style causal text tower
 
-    assert not export(tiny_encoder(), tmp_path / "t.npz", {"model": "x"})
-    assert not (tmp_path / "t.npz").exists()
+    assert not export(tiny_encoder(), tmp_path / "t.tower", {"model": "x"})
+    assert not (tmp_path / "t.tower").exists()
 
 
 def test_cold_text_search_runs_without_torch(shipped: Encoder, tmp_path: Path) -> None:
@@ -114,5 +114,5 @@ def test_a_tower_of_another_model_is_ignored(shipped: Encoder, tmp_path: Path) -
     assert query_text.load(tmp_path, other) is None
     query_text.ensure(tmp_path, shipped, other)  # rewritten for the model the index has now
     assert query_text.load(tmp_path, other) is not None
-    (tmp_path / query_text.QUERY_TEXT).write_bytes(b"not an npz")
+    (tmp_path / query_text.QUERY_TEXT).write_bytes(b"not a tower")
     assert query_text.load(tmp_path, other) is None  # unreadable: the full encoder is used
