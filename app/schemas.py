@@ -52,6 +52,9 @@ class Hit(BaseModel):
     thumbnail_url: str | None = None
     width: int | None = None
     height: int | None = None
+    duplicates: list[str] = Field(
+        default_factory=list, description="Paths of byte-identical copies folded into this hit."
+    )
 
 
 class SearchResponse(BaseModel):

@@ -27,6 +27,7 @@ from app.errors import ApiError, bad_request, not_found, not_ready
 from app.metrics import Metrics
 from app.ports import EncoderPort, IndexPort
 from app.settings import Settings
+from indexer import refine
 from models.errors import ClipsearchError
 
 if TYPE_CHECKING:
@@ -209,9 +210,7 @@ class SearchService:
             k = max(queries[i].k for i in rows)
             try:
                 t0 = time.perf_counter()
-                results = index.search_vectors(
-                    vectors[rows], k=k, target=target, path_prefix=prefix
-                )
+                results = refine.search_clean_batch(index, vectors[rows], k, target, prefix)
                 self.metrics.search.labels(target).observe(time.perf_counter() - t0)
             except Exception as e:
                 for i in rows:

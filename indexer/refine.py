@@ -51,3 +51,24 @@ def search_clean(
         if len(clean) >= k or len(hits) < fetch:
             return clean[:k]
         fetch *= 2
+
+
+def search_clean_batch(
+    index: Index,
+    vectors: np.ndarray,
+    k: int,
+    target: str = "images",
+    path_prefix: str | None = None,
+) -> list[list[Hit]]:
+    """``search_clean`` for a batch: one FAISS call for all rows; only a row that duplicates
+    left short of ``k`` is searched again on its own."""
+    batch = index.search_vectors(vectors, k, target, path_prefix)
+    ids = [h.id for hits in batch for h in hits]
+    sha256 = index.catalog.sha256_of(ids) if target == "images" else {}
+    out = []
+    for row, hits in enumerate(batch):
+        clean = collapse_duplicates(hits, sha256)
+        if len(clean) < len(hits):
+            clean = search_clean(index, vectors[row], k, target, path_prefix)
+        out.append(clean)
+    return out

@@ -38,7 +38,10 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
 def _search(*args: str, env: dict[str, str] | None = None) -> list[dict]:
     result = CliRunner().invoke(app.cli.app, ["search", *args, "--json"], env=env)
     assert result.exit_code == 0, (result.output, result.exception)
-    return json.loads(result.stdout)
+    hits = json.loads(result.stdout)
+    for h in hits:  # float32 scores, through JSON or not
+        h["score"] = round(h["score"], 5)
+    return hits
 
 
 def test_default_index_comes_from_the_environment(index: Index) -> None:
