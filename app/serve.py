@@ -4,12 +4,18 @@ local user can see)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from indexer.location import default_index_dir
 from models.errors import ClipsearchError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 class ConfigError(ClipsearchError):
@@ -39,7 +45,6 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from app import remote
     from app.main import create_app
     from app.settings import Settings
 
@@ -63,22 +68,34 @@ def serve(
             f"{settings.index_dir} is not a directory; create the index first "
             f"(clipsearch index PATH... --index {settings.index_dir})"
         )
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    # Announced for `clipsearch search` on this machine (a fixed port only: 0 is picked later).
-    announced = (
-        remote.announce(settings.index_dir, f"http://{host}:{settings.port}")
-        if settings.port
-        else None
+    app = create_app(settings)
+    if settings.port:  # a fixed port: announced for `clipsearch search` on this machine
+        _announce_while_serving(app, settings.index_dir, settings.host, settings.port)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=5,
     )
-    try:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=log_level,
-            access_log=access_log,
-            timeout_graceful_shutdown=5,
-        )
-    finally:
-        if announced is not None:
-            remote.withdraw(announced)
+
+
+def _announce_while_serving(app: FastAPI, index_dir: Path, host: str, port: int) -> None:
+    """Announce the server once its index is open, withdraw it at shutdown (inside the lifespan:
+    uvicorn re-raises SIGTERM after shutdown, so code after ``uvicorn.run`` never runs)."""
+    from app import remote
+
+    inner = app.router.lifespan_context
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with inner(app):
+            path = remote.announce(index_dir, f"http://{host}:{port}")
+            try:
+                yield
+            finally:
+                remote.withdraw(path)
+
+    app.router.lifespan_context = lifespan

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_app_support import app_for, build_index, free_port, serve_in_thread
+from test_app_support import app_for, build_index, free_port, serve_in_thread, wait_ready
 from typer.testing import CliRunner
 
 import app.cli
@@ -18,6 +21,7 @@ from indexer import Index
 from indexer.location import user_index_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -131,3 +135,24 @@ def _dead_pid() -> int:
         os._exit(0)
     os.waitpid(pid, 0)
     return pid
+
+
+def test_serve_announces_itself_until_it_stops(index: Index, tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "-i", str(index.directory), "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "CLIPSEARCH_RELOAD_INTERVAL_S": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout=240)
+        assert remote.find_server(index.directory) == f"http://127.0.0.1:{port}"
+        hits = _search("a red circle", "-i", str(index.directory), "-k", "3")
+        assert hits == _search("a red circle", "-i", str(index.directory), "-k", "3", "--local")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert remote.find_server(index.directory) is None
+    assert not list(remote.runtime_dir().glob("server-*.json"))
