@@ -17,28 +17,37 @@ class SearchFilter(BaseModel):
     )
 
 
-class _SearchBase(BaseModel):
+class SearchBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     k: int = Field(10, ge=1, description="How many hits; at most the server's max_k.")
     target: Target = Field("images", description="Search the images or the texts of the index.")
     filter: SearchFilter | None = None
+    min_score: float | None = Field(
+        None, ge=-1, le=1, description="Drop hits scoring below this cosine similarity."
+    )
+    min_relative: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Drop hits scoring below this fraction of the best hit's score.",
+    )
 
     @property
     def path_prefix(self) -> str | None:
         return self.filter.path_prefix if self.filter else None
 
 
-class TextSearchRequest(_SearchBase):
+class TextSearchRequest(SearchBase):
     query: str = Field(..., description="What to look for, in words.")
 
 
-class ImageSearchRequest(_SearchBase):
+class ImageSearchRequest(SearchBase):
     image: str | None = Field(None, description="The query image as base64 (a data: URL is fine).")
     image_id: int | None = Field(None, description="Search by an image already in the index.")
 
 
-class VectorSearchRequest(_SearchBase):
+class VectorSearchRequest(SearchBase):
     vector: list[float] = Field(..., description="A query embedding of the index's dimension.")
 
 

@@ -21,9 +21,15 @@ HIT_KEYS = ("id", "score", "kind", "path", "text", "width", "height", "duplicate
 
 
 def _ask_server(
-    url: str, query: Query, image: Path | None, k: int, target: str, prefix: str | None
+    url: str,
+    query: Query,
+    image: Path | None,
+    k: int,
+    target: str,
+    prefix: str | None,
+    cutoff: dict[str, float],
 ) -> list[dict[str, Any]]:
-    body: dict[str, Any] = {"k": k, "target": target}
+    body: dict[str, Any] = {"k": k, "target": target, **cutoff}
     if prefix is not None:
         body["filter"] = {"path_prefix": prefix}
     if image is None:
@@ -40,7 +46,13 @@ def _ask_server(
 
 
 def _search_here(
-    index: Path, query: Query, k: int, target: str, prefix: str | None, device: str
+    index: Path,
+    query: Query,
+    k: int,
+    target: str,
+    prefix: str | None,
+    cutoff: dict[str, float],
+    device: str,
 ) -> list[dict[str, Any]]:
     # One query is a few small matrix products: BLAS threads only add start-up and contention
     # (3-10x slower on 2 busy cores). numpy is first imported below, so this still applies.
@@ -49,7 +61,16 @@ def _search_here(
     from indexer.query import search
 
     with Index.open(index, device=device, lazy=True) as idx:
-        return [h.to_dict() for h in search(idx, query, k, target, prefix)]
+        hits = search(
+            idx,
+            query,
+            k,
+            target,
+            prefix,
+            min_score=cutoff.get("min_score"),
+            min_relative=cutoff.get("min_relative"),
+        )
+        return [h.to_dict() for h in hits]
 
 
 def _print(hits: list[dict[str, Any]], as_json: bool, paths: bool) -> None:
@@ -82,6 +103,15 @@ def search_command(
     path_prefix: str | None = typer.Option(
         None, "--path-prefix", help="Only images in this folder (or below)."
     ),
+    min_score: float | None = typer.Option(
+        None, "--min-score", help="Drop hits scoring below this (cosine, -1..1)."
+    ),
+    min_relative: float | None = typer.Option(
+        None,
+        "--min-relative",
+        help="Drop hits scoring below this fraction of the best score (0-1]. Cutoffs trade "
+        "recall away: see docs/benchmarks.md.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
     paths: bool = typer.Option(
         False, "--paths", help="Print only the paths (texts for --target texts), one a line."
@@ -108,12 +138,17 @@ def search_command(
     if prefix is not None and path_prefix and path_prefix.endswith(os.sep):
         prefix += os.sep
     parsed = parse_query(query) if query is not None else Query((Term(1.0, path=str(image)),))
+    cutoff = {
+        name: value
+        for name, value in (("min_score", min_score), ("min_relative", min_relative))
+        if value is not None
+    }
     server = None if local else (url or find_server(index))
     if server is not None:
         try:
-            _print(_ask_server(server, parsed, image, k, target, prefix), as_json, paths)
+            _print(_ask_server(server, parsed, image, k, target, prefix, cutoff), as_json, paths)
             return
         except Unreachable:
             if url is not None:
                 raise  # the server asked for by name is down: say so, do not guess
-    _print(_search_here(index, parsed, k, target, prefix, device), as_json, paths)
+    _print(_search_here(index, parsed, k, target, prefix, cutoff, device), as_json, paths)

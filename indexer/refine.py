@@ -1,11 +1,19 @@
-"""Nearest neighbours made into clean results: the query's own images left out, and byte-identical
-files (same SHA-256, so the same vector and score) collapsed into one hit that lists the others."""
+"""Nearest neighbours made into clean results: the query's own images left out, byte-identical
+files (same SHA-256, so the same vector and score) collapsed into one hit that lists the others,
+and an optional relevance cutoff.
+
+A cutoff is a trade: on Flickr8k val a floor that removes most wrong hits also removes the right
+one for many queries (``docs/benchmarks.md``, "Relevance cutoffs"), because the scale of scores
+varies from query to query. Both kinds are offered, and neither is on by default.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
 from typing import TYPE_CHECKING
+
+from indexer.errors import QueryError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,3 +80,17 @@ def search_clean_batch(
             clean = search_clean(index, vectors[row], k, target, path_prefix)
         out.append(clean)
     return out
+
+
+def apply_cutoff(
+    hits: list[Hit], min_score: float | None = None, min_relative: float | None = None
+) -> list[Hit]:
+    """Hits (best first) scoring at least ``min_score`` (cosine) and at least ``min_relative``
+    times the best hit's score (0 < min_relative <= 1; with a best score <= 0 only ties stay)."""
+    if min_relative is not None and not 0 < min_relative <= 1:
+        raise QueryError(f"min_relative must be in (0, 1], not {min_relative}")
+    floor = -float("inf") if min_score is None else min_score
+    if min_relative is not None and hits:
+        best = hits[0].score
+        floor = max(floor, best * min_relative if best > 0 else best)
+    return [h for h in hits if h.score >= floor]

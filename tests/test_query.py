@@ -3,6 +3,7 @@ and clean results (the query's own image left out, byte-identical files collapse
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +138,34 @@ def test_path_prefixes_match_at_folder_boundaries(tmp_path: Path) -> None:
         one = str(tmp_path / "photos" / "2023-old" / "img_0002.png")
         assert [h.path for h in idx.search_text("x", k=10, path_prefix=one)] == [one]
         assert idx.search_text("x", k=10, path_prefix=str(tmp_path / "photos" / "20")) == []
+
+
+def test_cutoffs_absolute_and_relative() -> None:
+    from indexer.refine import apply_cutoff
+    from indexer.results import Hit
+
+    hits = [Hit(i, s, "image", f"/p/{i}") for i, s in enumerate((0.5, 0.45, 0.3, -0.1))]
+    assert [h.id for h in apply_cutoff(hits)] == [0, 1, 2, 3]
+    assert [h.id for h in apply_cutoff(hits, min_score=0.3)] == [0, 1, 2]
+    assert [h.id for h in apply_cutoff(hits, min_relative=0.9)] == [0, 1]
+    assert [h.id for h in apply_cutoff(hits, 0.46, 0.5)] == [0]
+    assert apply_cutoff([], min_relative=0.5) == []
+    with pytest.raises(QueryError, match="min_relative"):
+        apply_cutoff(hits, min_relative=1.5)
+
+
+def test_cutoffs_in_cli_and_rest(index: Index) -> None:
+    from typer.testing import CliRunner
+
+    import app.cli
+
+    everything = search(index, "a red circle", k=8)
+    best = everything[0].score
+    args = ["search", "a red circle", "-i", str(index.directory), "-k", "8", "--local", "--json"]
+    out = CliRunner().invoke(app.cli.app, [*args, "--min-relative", "0.999999"])
+    assert [h["id"] for h in json.loads(out.stdout)] == [everything[0].id]
+    with TestClient(app_for(index)) as c:
+        body = {"query": "a red circle", "k": 8, "min_score": best + 1e-4}
+        assert c.post("/v1/search/text", json=body).json()["hits"] == []
+        body = {"query": "a red circle", "k": 8, "min_relative": 0}
+        assert c.post("/v1/search/text", json=body).status_code == 422

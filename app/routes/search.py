@@ -22,20 +22,24 @@ from app.routes.common import (
 from app.schemas import (
     ERROR_RESPONSES,
     ImageSearchRequest,
+    SearchBase,
     SearchResponse,
     TextSearchRequest,
     VectorSearchRequest,
 )
 from app.uploads import b64decode
 from indexer.query import Query, Term, parse_query
+from indexer.refine import apply_cutoff
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[ReadAccess])
 
 
-def _response(hits: list, target: str, request: Request, start: float) -> SearchResponse:
+def _response(hits: list, body: SearchBase, request: Request, start: float) -> SearchResponse:
+    """The hits after the request's optional cutoff (``indexer.refine.apply_cutoff``)."""
+    kept = apply_cutoff(hits, body.min_score, body.min_relative)
     return SearchResponse(
-        hits=[hit_out(h, request) for h in hits],
-        target=target,
+        hits=[hit_out(h, request) for h in kept],
+        target=body.target,
         took_ms=round((time.perf_counter() - start) * 1000, 3),
     )
 
@@ -54,7 +58,7 @@ async def search_text(
         hits = await service.search_text(query.plain_text, k, body.target, body.path_prefix)
     else:
         hits = await service.search_query(query, k, body.target, body.path_prefix)
-    return _response(hits, body.target, request, start)
+    return _response(hits, body, request, start)
 
 
 @router.post(
@@ -72,6 +76,8 @@ async def search_text(
                             "k": {"type": "integer", "default": 10},
                             "target": {"type": "string", "enum": ["images", "texts"]},
                             "path_prefix": {"type": "string"},
+                            "min_score": {"type": "number"},
+                            "min_relative": {"type": "number"},
                         },
                         "required": ["file"],
                     }
@@ -100,6 +106,8 @@ async def search_image(
                     "k": form.get("k") or 10,
                     "target": form.get("target") or "images",
                     "filter": {"path_prefix": form.get("path_prefix") or None},
+                    "min_score": form.get("min_score") or None,
+                    "min_relative": form.get("min_relative") or None,
                 }
             )
         except ValidationError as e:
@@ -124,7 +132,7 @@ async def search_image(
     else:
         image = await decode_upload(data, settings, service)
         hits = await service.search_image(image, k, body.target, body.path_prefix)
-    return _response(hits, body.target, request, start)
+    return _response(hits, body, request, start)
 
 
 @router.post("/vector", responses=ERROR_RESPONSES)
@@ -136,4 +144,4 @@ async def search_vector(
     k = check_k(body.k, settings)
     vector = np.asarray(body.vector, dtype=np.float64)
     hits = await service.search_vector(vector, k, body.target, body.path_prefix)
-    return _response(hits, body.target, request, start)
+    return _response(hits, body, request, start)
