@@ -195,3 +195,18 @@ def info_command(
     )
     lines.append(f"size       {total:.1f} MiB (catalog {cat:.1f}, faiss {fai:.1f})")
     typer.echo("\n".join(lines))
+
+
+@app.command("export")
+def export_command(
+    index: IndexDir,
+    out: Path = typer.Option(..., "--out", "-o", help="New directory for the export."),
+    format: str = typer.Option("npy", "--format", help="npy (clip-retrieval) or parquet."),
+) -> None:
+    """Write the image vectors with ids and paths for other tools (clip-retrieval layout)."""
+    from indexer.export import export_index
+    from indexer.index import Index
+
+    with Index.open(index, lazy=True) as idx:
+        done = export_index(idx, out, format)
+    typer.echo(f"exported {done['images']} images (dim {done['dim']}) to {done['directory']}")
