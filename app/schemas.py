@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from indexer.refine import TakenRange
+
 Target = Literal["images", "texts"]
 
 
@@ -13,7 +15,13 @@ class SearchFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path_prefix: str | None = Field(
-        None, max_length=4096, description="Only images whose stored path starts with this."
+        None, max_length=4096, description="Only images in this folder (or below), or this file."
+    )
+    taken_from: str | None = Field(
+        None, max_length=32, description="Only images taken on or after this (EXIF, YYYY-MM-DD)."
+    )
+    taken_to: str | None = Field(
+        None, max_length=32, description="Only images taken on or before this (EXIF, YYYY-MM-DD)."
     )
 
 
@@ -36,6 +44,12 @@ class SearchBase(BaseModel):
     @property
     def path_prefix(self) -> str | None:
         return self.filter.path_prefix if self.filter else None
+
+    @property
+    def taken(self) -> TakenRange | None:
+        """The date filter (a malformed date raises the library's QueryError: 422)."""
+        f = self.filter
+        return TakenRange.parse(f.taken_from, f.taken_to) if f else None
 
 
 class TextSearchRequest(SearchBase):
@@ -64,6 +78,8 @@ class Hit(BaseModel):
     duplicates: list[str] = Field(
         default_factory=list, description="Paths of byte-identical copies folded into this hit."
     )
+    taken: str | None = Field(None, description="EXIF date taken (ISO 8601, camera's clock).")
+    camera: str | None = Field(None, description="EXIF camera make and model.")
 
 
 class SearchResponse(BaseModel):

@@ -16,8 +16,11 @@ from app.remote import URL_ENV, Unreachable, find_server, post_json
 from indexer.cli import IndexDir
 from indexer.errors import QueryError
 from indexer.query import Query, Term, parse_query
+from indexer.refine import TakenRange
 
-HIT_KEYS = ("id", "score", "kind", "path", "text", "width", "height", "duplicates")
+HIT_KEYS = (
+    "id", "score", "kind", "path", "text", "width", "height", "duplicates", "taken", "camera",
+)  # fmt: skip
 
 
 def _ask_server(
@@ -26,12 +29,12 @@ def _ask_server(
     image: Path | None,
     k: int,
     target: str,
-    prefix: str | None,
+    filters: dict[str, str],
     cutoff: dict[str, float],
 ) -> list[dict[str, Any]]:
     body: dict[str, Any] = {"k": k, "target": target, **cutoff}
-    if prefix is not None:
-        body["filter"] = {"path_prefix": prefix}
+    if filters:
+        body["filter"] = filters
     if image is None:
         text = query.plain_text or query.with_absolute_paths().describe()
         answer = post_json(url, "/v1/search/text", {"query": text, **body})
@@ -50,7 +53,7 @@ def _search_here(
     query: Query,
     k: int,
     target: str,
-    prefix: str | None,
+    filters: dict[str, str],
     cutoff: dict[str, float],
     device: str,
 ) -> list[dict[str, Any]]:
@@ -66,9 +69,10 @@ def _search_here(
             query,
             k,
             target,
-            prefix,
+            filters.get("path_prefix"),
             min_score=cutoff.get("min_score"),
             min_relative=cutoff.get("min_relative"),
+            taken=TakenRange.parse(filters.get("taken_from"), filters.get("taken_to")),
         )
         return [h.to_dict() for h in hits]
 
@@ -102,6 +106,12 @@ def search_command(
     target: str = typer.Option("images", "--target", help="images or texts."),
     path_prefix: str | None = typer.Option(
         None, "--path-prefix", help="Only images in this folder (or below)."
+    ),
+    taken_from: str | None = typer.Option(
+        None, "--taken-from", help="Only photos taken on or after this date (EXIF, YYYY-MM-DD)."
+    ),
+    taken_to: str | None = typer.Option(
+        None, "--taken-to", help="Only photos taken on or before this date (EXIF, YYYY-MM-DD)."
     ),
     min_score: float | None = typer.Option(
         None, "--min-score", help="Drop hits scoring below this (cosine, -1..1)."
@@ -143,12 +153,22 @@ def search_command(
         for name, value in (("min_score", min_score), ("min_relative", min_relative))
         if value is not None
     }
+    filters = {
+        name: value
+        for name, value in (
+            ("path_prefix", prefix),
+            ("taken_from", taken_from),
+            ("taken_to", taken_to),
+        )
+        if value is not None
+    }
+    TakenRange.parse(taken_from, taken_to)  # a malformed date is one line here, not a 422
     server = None if local else (url or find_server(index))
     if server is not None:
         try:
-            _print(_ask_server(server, parsed, image, k, target, prefix, cutoff), as_json, paths)
+            _print(_ask_server(server, parsed, image, k, target, filters, cutoff), as_json, paths)
             return
         except Unreachable:
             if url is not None:
                 raise  # the server asked for by name is down: say so, do not guess
-    _print(_search_here(index, parsed, k, target, prefix, cutoff, device), as_json, paths)
+    _print(_search_here(index, parsed, k, target, filters, cutoff, device), as_json, paths)

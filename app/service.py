@@ -221,14 +221,19 @@ class SearchService:
         return out
 
     async def search_query(
-        self, query: Query, k: int, target: str, path_prefix: str | None = None
+        self,
+        query: Query,
+        k: int,
+        target: str,
+        path_prefix: str | None = None,
+        taken: refine.TakenRange | None = None,
     ) -> list:
         """A query expression (``indexer.query``): weighted texts and images, named images out."""
         from indexer.query import search
 
         index = self.index
         return await self._run(
-            self._infer, search, index, query, k, target, path_prefix, files=False
+            self._infer, search, index, query, k, target, path_prefix, files=False, taken=taken
         )
 
     async def search_vector(
@@ -255,13 +260,21 @@ class SearchService:
         return list(hits)
 
     async def search_image(
-        self, image: Image.Image | Path, k: int, target: str, path_prefix: str | None = None
+        self,
+        image: Image.Image | Path,
+        k: int,
+        target: str,
+        path_prefix: str | None = None,
+        taken: refine.TakenRange | None = None,
     ) -> list:
-        """Image → hits; a ``Path`` (an indexed image) is read by the encoder's own loader."""
+        """Image → clean hits; a ``Path`` (an indexed image) is read by the encoder's loader."""
 
         def work() -> list:
             vector = self._timed("image", self.encoder.encode_images, [image])[0]
-            return self._search_one(vector, k, target, path_prefix)
+            t0 = time.perf_counter()
+            hits = refine.search_clean(self.index, vector, k, target, path_prefix, taken=taken)
+            self.metrics.search.labels(target).observe(time.perf_counter() - t0)
+            return hits
 
         return await self._run(self._infer, work)
 

@@ -538,7 +538,17 @@ class Index:
 
     @staticmethod
     def _hit(row: ItemRow, score: float) -> Hit:
-        return Hit(row.id, score, row.kind, row.path, row.text, row.width, row.height)
+        return Hit(
+            row.id,
+            score,
+            row.kind,
+            row.path,
+            row.text,
+            row.width,
+            row.height,
+            taken=row.taken,
+            camera=row.camera,
+        )
 
     def get(self, id: int) -> Hit | None:
         row = self.catalog.get(id)

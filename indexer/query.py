@@ -251,10 +251,11 @@ def search(
     files: bool = True,
     min_score: float | None = None,
     min_relative: float | None = None,
+    taken: refine.TakenRange | None = None,
 ) -> list[Hit]:
     """Search with a query expression (or plain text): named images left out, copies collapsed,
     then the optional cutoff (``refine.apply_cutoff``)."""
     parsed = parse_query(query) if isinstance(query, str) else query
     vector, named = embed_query(index, parsed, files)
-    hits = refine.search_clean(index, vector, k, target, path_prefix, exclude=named)
+    hits = refine.search_clean(index, vector, k, target, path_prefix, exclude=named, taken=taken)
     return refine.apply_cutoff(hits, min_score, min_relative)

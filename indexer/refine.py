@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from indexer.errors import QueryError
@@ -42,6 +44,44 @@ def collapse_duplicates(hits: list[Hit], sha256: dict[int, str | None]) -> list[
     return out
 
 
+@dataclass(frozen=True)
+class TakenRange:
+    """Images whose EXIF date taken is in [start, end] (ISO 8601 text; images without a date are
+    left out). A bare date as ``end`` means the whole of that day."""
+
+    start: str | None = None
+    end: str | None = None
+
+    @classmethod
+    def parse(cls, start: str | None, end: str | None) -> TakenRange | None:
+        if start is None and end is None:
+            return None
+        bounds = []
+        for name, value in (("taken_from", start), ("taken_to", end)):
+            if value is None:
+                bounds.append(None)
+                continue
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                raise QueryError(
+                    f"{name} {value!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS"
+                ) from None
+            whole_day = name == "taken_to" and len(value) <= 10
+            bounds.append(
+                parsed.strftime("%Y-%m-%dT23:59:59" if whole_day else "%Y-%m-%dT%H:%M:%S")
+            )
+        return cls(bounds[0], bounds[1])
+
+    def __contains__(self, hit: object) -> bool:
+        taken = getattr(hit, "taken", None)
+        if taken is None:
+            return False
+        return (self.start is None or taken >= self.start) and (
+            self.end is None or taken <= self.end
+        )
+
+
 def search_clean(
     index: Index,
     vector: np.ndarray,
@@ -49,12 +89,16 @@ def search_clean(
     target: str = "images",
     path_prefix: str | None = None,
     exclude: Collection[int] = (),
+    taken: TakenRange | None = None,
 ) -> list[Hit]:
-    """``k`` clean hits for one unit ``vector`` (fetching more while duplicates use up places)."""
+    """``k`` clean hits for one unit ``vector`` (fetching more while duplicates, named images or
+    the date range use up places, up to the whole index)."""
+    if taken is not None and target != "images":
+        raise QueryError("taken_from/taken_to filter images; drop them for target 'texts'")
     fetch = k + len(exclude)
     while True:
         hits = index.search_vectors(vector[None, :], fetch, target, path_prefix)[0]
-        kept = [h for h in hits if h.id not in exclude]
+        kept = [h for h in hits if h.id not in exclude and (taken is None or h in taken)]
         clean = collapse_duplicates(kept, index.catalog.sha256_of([h.id for h in kept]))
         if len(clean) >= k or len(hits) < fetch:
             return clean[:k]

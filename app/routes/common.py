@@ -82,6 +82,8 @@ def hit_out(hit: Any, request: Request) -> Hit:
         width=hit.width,
         height=hit.height,
         duplicates=list(hit.duplicates),
+        taken=hit.taken,
+        camera=hit.camera,
     )
 
 

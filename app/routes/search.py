@@ -54,10 +54,11 @@ async def search_text(
     start = time.perf_counter()
     query = parse_query(check_query(body.query, settings))
     k = check_k(body.k, settings)
-    if query.plain_text is not None:  # the common case, batched with concurrent queries
+    taken = body.taken
+    if query.plain_text is not None and taken is None:  # the common case: batched
         hits = await service.search_text(query.plain_text, k, body.target, body.path_prefix)
     else:
-        hits = await service.search_query(query, k, body.target, body.path_prefix)
+        hits = await service.search_query(query, k, body.target, body.path_prefix, taken)
     return _response(hits, body, request, start)
 
 
@@ -105,7 +106,11 @@ async def search_image(
                 {
                     "k": form.get("k") or 10,
                     "target": form.get("target") or "images",
-                    "filter": {"path_prefix": form.get("path_prefix") or None},
+                    "filter": {
+                        "path_prefix": form.get("path_prefix") or None,
+                        "taken_from": form.get("taken_from") or None,
+                        "taken_to": form.get("taken_to") or None,
+                    },
                     "min_score": form.get("min_score") or None,
                     "min_relative": form.get("min_relative") or None,
                 }
@@ -128,10 +133,10 @@ async def search_image(
             raise not_found(f"item {body.image_id} is a {item.kind}, not an image")
         # By its stored vector, leaving the image itself out of its look-alikes.
         query = Query((Term(1.0, id=body.image_id),))
-        hits = await service.search_query(query, k, body.target, body.path_prefix)
+        hits = await service.search_query(query, k, body.target, body.path_prefix, body.taken)
     else:
         image = await decode_upload(data, settings, service)
-        hits = await service.search_image(image, k, body.target, body.path_prefix)
+        hits = await service.search_image(image, k, body.target, body.path_prefix, body.taken)
     return _response(hits, body, request, start)
 
 
