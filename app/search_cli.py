@@ -145,8 +145,6 @@ def search_command(
     if as_json and paths:
         raise QueryError("--json and --paths are two output formats: pick one")
     prefix = os.path.abspath(os.path.expanduser(path_prefix)) if path_prefix else None
-    if prefix is not None and path_prefix and path_prefix.endswith(os.sep):
-        prefix += os.sep
     parsed = parse_query(query) if query is not None else Query((Term(1.0, path=str(image)),))
     cutoff = {
         name: value
