@@ -1,15 +1,19 @@
-"""The ``clipsearch`` command: one Typer app assembled from each package's commands.
+"""The ``clipsearch`` command: each package's Typer app, composed with ``add_typer``.
 
 Library errors are translated here, at the edge, into a one-line message and exit status 2.
+Nothing heavy is imported at start-up: ``clipsearch --help`` must be instant, and each command
+imports torch, open_clip or FAISS only when it needs them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
 
+from app.search_cli import search_command
 from app.serve import serve as serve_command
 from indexer.cli import app as indexer_app
 from models.cli import app as models_app
@@ -21,12 +25,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(indexer_app)
+app.command("search")(search_command)
 app.command("serve")(serve_command)
-for _group in (models_app, indexer_app):
-    for _command in _group.registered_commands:
-        app.registered_commands.append(_command)
-    for _sub in _group.registered_groups:
-        app.registered_groups.append(_sub)
+app.add_typer(models_app)
 
 
 def _quiet_libraries() -> None:
@@ -37,13 +39,9 @@ def _quiet_libraries() -> None:
     logging.getLogger("py.warnings").setLevel(logging.WARNING)
     for name in ("models", "indexer", "app"):
         logging.getLogger(name).setLevel(logging.INFO)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # Read by transformers and huggingface_hub when (and if) a command imports them.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main() -> None:

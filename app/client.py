@@ -20,21 +20,13 @@ from typing import Any, Generic, TypeVar
 import httpx
 import numpy as np
 
+from app.remote import ServiceError
 from app.schemas import AddImagesResponse, Hit, IndexInfo, SearchResponse
-from models.errors import ClipsearchError
+
+__all__ = ["AsyncClient", "Client", "ServiceError"]
 
 T = TypeVar("T")
 ImageInput = bytes | str | Path | Any  # Any: a PIL image
-
-
-class ServiceError(ClipsearchError):
-    """The service answered with an error status."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{status} {code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
 
 
 @dataclass

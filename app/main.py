@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from app import errors
 from app.limits import BodyLimitMiddleware
 from app.metrics import Metrics, MetricsMiddleware
+from app.ports import IndexPort
 from app.routes import compat, embed, health, images, search
 from app.routes import index as index_routes
 from app.schemas import add_body_schemas
@@ -28,7 +29,7 @@ from app.thumbnails import ThumbnailCache
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def create_app(settings: Settings | None = None, index: Any | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, index: IndexPort | None = None) -> FastAPI:
     """Build the app. ``index`` serves an already open ``Index`` (tests, embedding apps); by
     default the lifespan opens ``settings.index_dir`` and closes it at shutdown."""
     settings = settings or Settings()

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from indexer.refine import TakenRange
+
 Target = Literal["images", "texts"]
 
 
@@ -13,32 +15,53 @@ class SearchFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path_prefix: str | None = Field(
-        None, max_length=4096, description="Only images whose stored path starts with this."
+        None, max_length=4096, description="Only images in this folder (or below), or this file."
+    )
+    taken_from: str | None = Field(
+        None, max_length=32, description="Only images taken on or after this (EXIF, YYYY-MM-DD)."
+    )
+    taken_to: str | None = Field(
+        None, max_length=32, description="Only images taken on or before this (EXIF, YYYY-MM-DD)."
     )
 
 
-class _SearchBase(BaseModel):
+class SearchBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     k: int = Field(10, ge=1, description="How many hits; at most the server's max_k.")
     target: Target = Field("images", description="Search the images or the texts of the index.")
     filter: SearchFilter | None = None
+    min_score: float | None = Field(
+        None, ge=-1, le=1, description="Drop hits scoring below this cosine similarity."
+    )
+    min_relative: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Drop hits scoring below this fraction of the best hit's score.",
+    )
 
     @property
     def path_prefix(self) -> str | None:
         return self.filter.path_prefix if self.filter else None
 
+    @property
+    def taken(self) -> TakenRange | None:
+        """The date filter (a malformed date raises the library's QueryError: 422)."""
+        f = self.filter
+        return TakenRange.parse(f.taken_from, f.taken_to) if f else None
 
-class TextSearchRequest(_SearchBase):
+
+class TextSearchRequest(SearchBase):
     query: str = Field(..., description="What to look for, in words.")
 
 
-class ImageSearchRequest(_SearchBase):
+class ImageSearchRequest(SearchBase):
     image: str | None = Field(None, description="The query image as base64 (a data: URL is fine).")
     image_id: int | None = Field(None, description="Search by an image already in the index.")
 
 
-class VectorSearchRequest(_SearchBase):
+class VectorSearchRequest(SearchBase):
     vector: list[float] = Field(..., description="A query embedding of the index's dimension.")
 
 
@@ -52,6 +75,11 @@ class Hit(BaseModel):
     thumbnail_url: str | None = None
     width: int | None = None
     height: int | None = None
+    duplicates: list[str] = Field(
+        default_factory=list, description="Paths of byte-identical copies folded into this hit."
+    )
+    taken: str | None = Field(None, description="EXIF date taken (ISO 8601, camera's clock).")
+    camera: str | None = Field(None, description="EXIF camera make and model.")
 
 
 class SearchResponse(BaseModel):

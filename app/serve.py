@@ -4,12 +4,18 @@ local user can see)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from pydantic import ValidationError
 
+from indexer.location import default_index_dir
 from models.errors import ClipsearchError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 class ConfigError(ClipsearchError):
@@ -18,7 +24,10 @@ class ConfigError(ClipsearchError):
 
 def serve(
     index: Path | None = typer.Option(
-        None, "--index", "-i", help="Index directory (else $CLIPSEARCH_INDEX_DIR)."
+        None,
+        "--index",
+        "-i",
+        help="Index directory (else $CLIPSEARCH_INDEX_DIR, $CLIPSEARCH_INDEX, the user's default).",
     ),
     host: str | None = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default 8000)."),
@@ -34,6 +43,7 @@ def serve(
     """Serve an index over HTTP: the /v1 API (docs at /docs), a web page at /, and the
     clip-retrieval endpoints. Other settings come from CLIPSEARCH_* environment variables."""
     import uvicorn
+    from pydantic import ValidationError
 
     from app.main import create_app
     from app.settings import Settings
@@ -52,17 +62,40 @@ def serve(
         name = ".".join(str(x) for x in err["loc"])
         raise ConfigError(f"setting {name} (CLIPSEARCH_{name.upper()}): {err['msg']}") from e
     if settings.index_dir is None:
-        raise ConfigError("no index given: pass --index DIR or set CLIPSEARCH_INDEX_DIR")
+        settings.index_dir = default_index_dir()
     if not settings.index_dir.is_dir():
         raise ConfigError(
             f"{settings.index_dir} is not a directory; create the index first "
             f"(clipsearch index PATH... --index {settings.index_dir})"
         )
+    app = create_app(settings)
+    if settings.port:  # a fixed port: announced for `clipsearch search` on this machine
+        _announce_while_serving(app, settings.index_dir, settings.host, settings.port)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=5,
     )
+
+
+def _announce_while_serving(app: FastAPI, index_dir: Path, host: str, port: int) -> None:
+    """Announce the server once its index is open, withdraw it at shutdown (inside the lifespan:
+    uvicorn re-raises SIGTERM after shutdown, so code after ``uvicorn.run`` never runs)."""
+    from app import remote
+
+    inner = app.router.lifespan_context
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with inner(app):
+            path = remote.announce(index_dir, f"http://{host}:{port}")
+            try:
+                yield
+            finally:
+                remote.withdraw(path)
+
+    app.router.lifespan_context = lifespan

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -25,8 +25,13 @@ from PIL import Image
 from app.batching import Batcher
 from app.errors import ApiError, bad_request, not_found, not_ready
 from app.metrics import Metrics
+from app.ports import EncoderPort, IndexPort
 from app.settings import Settings
+from indexer import refine
 from models.errors import ClipsearchError
+
+if TYPE_CHECKING:
+    from indexer.query import Query
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -43,10 +48,12 @@ class TextQuery:
 class SearchService:
     """Owns the ``Index``: opens it, searches it, changes it and picks up changes from disk."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, index: Any | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, index: IndexPort | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._index = index
+        self._index: IndexPort | None = index
         self._owns_index = index is None
         self._open_error: str | None = None if index is not None else "the index is not open yet"
         self._infer = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-infer")
@@ -158,13 +165,13 @@ class SearchService:
         return self._open_error
 
     @property
-    def index(self) -> Any:
+    def index(self) -> IndexPort:
         if self._index is None:
             raise not_ready(f"the index is not loaded: {self._open_error}")
         return self._index
 
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> EncoderPort:
         return self.index.encoder
 
     def refresh_size(self) -> None:
@@ -203,9 +210,7 @@ class SearchService:
             k = max(queries[i].k for i in rows)
             try:
                 t0 = time.perf_counter()
-                results = index.search_vectors(
-                    vectors[rows], k=k, target=target, path_prefix=prefix
-                )
+                results = refine.search_clean_batch(index, vectors[rows], k, target, prefix)
                 self.metrics.search.labels(target).observe(time.perf_counter() - t0)
             except Exception as e:
                 for i in rows:
@@ -214,6 +219,22 @@ class SearchService:
             for i, hits in zip(rows, results, strict=True):
                 out[i] = list(hits)[: queries[i].k]
         return out
+
+    async def search_query(
+        self,
+        query: Query,
+        k: int,
+        target: str,
+        path_prefix: str | None = None,
+        taken: refine.TakenRange | None = None,
+    ) -> list:
+        """A query expression (``indexer.query``): weighted texts and images, named images out."""
+        from indexer.query import search
+
+        index = self.index
+        return await self._run(
+            self._infer, search, index, query, k, target, path_prefix, files=False, taken=taken
+        )
 
     async def search_vector(
         self, vector: np.ndarray, k: int, target: str, path_prefix: str | None = None
@@ -239,13 +260,21 @@ class SearchService:
         return list(hits)
 
     async def search_image(
-        self, image: Image.Image | Path, k: int, target: str, path_prefix: str | None = None
+        self,
+        image: Image.Image | Path,
+        k: int,
+        target: str,
+        path_prefix: str | None = None,
+        taken: refine.TakenRange | None = None,
     ) -> list:
-        """Image → hits; a ``Path`` (an indexed image) is read by the encoder's own loader."""
+        """Image → clean hits; a ``Path`` (an indexed image) is read by the encoder's loader."""
 
         def work() -> list:
             vector = self._timed("image", self.encoder.encode_images, [image])[0]
-            return self._search_one(vector, k, target, path_prefix)
+            t0 = time.perf_counter()
+            hits = refine.search_clean(self.index, vector, k, target, path_prefix, taken=taken)
+            self.metrics.search.labels(target).observe(time.perf_counter() - t0)
+            return hits
 
         return await self._run(self._infer, work)
 

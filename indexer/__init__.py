@@ -1,4 +1,11 @@
-"""Bulk-indexes image folders and text corpora into FAISS with a durable, incremental catalog."""
+"""Bulk-indexes image folders and text corpora into FAISS with a durable, incremental catalog.
+
+``import indexer`` is cheap: ``Index`` (FAISS; torch only once it embeds) loads on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from indexer.errors import (
     IndexBusyError,
@@ -9,9 +16,11 @@ from indexer.errors import (
     QueryError,
     ScanError,
 )
-from indexer.index import Index
 from indexer.layout import FORMAT_VERSION
 from indexer.results import Hit, IndexReport, Skipped
+
+if TYPE_CHECKING:
+    from indexer.index import Index
 
 __all__ = [
     "FORMAT_VERSION",
@@ -27,3 +36,11 @@ __all__ = [
     "ScanError",
     "Skipped",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Index":
+        from indexer.index import Index
+
+        return Index
+    raise AttributeError(f"module 'indexer' has no attribute {name!r}")

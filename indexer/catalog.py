@@ -22,6 +22,9 @@ Schema (version 1)::
       updated   REAL                             unix time of the last change)
     tombstones(id INTEGER PRIMARY KEY, kind TEXT, gen INTEGER)   deleted ids, for readers' deltas
 
+Version 2 adds ``items.taken`` (EXIF date taken, ISO 8601 text) and ``items.camera`` (EXIF make and
+model), recorded at index time; rows indexed before the upgrade keep NULL until their file changes.
+
 The FAISS index of a kind at generation ``g`` becomes current by removing every id of a tombstone
 or an item with ``gen > g`` and adding back the items with ``gen > g`` that are ``ok``. A rename
 or a touched file (same content) updates the path or stat, not ``gen``: FAISS is unaffected.
@@ -43,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import IndexFormatError
+from indexer.exif import PhotoInfo
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -72,6 +76,11 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX items_kind_status ON items(kind, status)",
         "CREATE TABLE tombstones(id INTEGER PRIMARY KEY, kind TEXT NOT NULL, gen INTEGER NOT NULL)",
         "CREATE INDEX tombstones_kind_gen ON tombstones(kind, gen)",
+    ],
+    [  # 2: what the photo's EXIF says (NULL for images indexed before, until re-embedded)
+        "ALTER TABLE items ADD COLUMN taken TEXT",
+        "ALTER TABLE items ADD COLUMN camera TEXT",
+        "CREATE INDEX items_taken ON items(taken) WHERE taken IS NOT NULL",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -110,6 +119,8 @@ class ItemRow:
     width: int | None
     height: int | None
     status: str
+    taken: str | None = None
+    camera: str | None = None
 
 
 def hash_key(sha256: str) -> int:
@@ -141,19 +152,32 @@ class Writer:
         width: int | None,
         height: int | None,
         vector: np.ndarray,
+        info: PhotoInfo = PhotoInfo(),
     ) -> int:
         """Insert or replace the image at ``path`` with a vector; returns its (kept) id."""
         row = self.conn.execute(
-            """INSERT INTO items(kind, path, sha256, size, mtime_ns, width, height, status,
-                                 vector, gen, updated)
-               VALUES ('image', ?, ?, ?, ?, ?, ?, 'ok', ?, ?, ?)
+            """INSERT INTO items(kind, path, sha256, size, mtime_ns, width, height, taken,
+                                 camera, status, vector, gen, updated)
+               VALUES ('image', ?, ?, ?, ?, ?, ?, ?, ?, 'ok', ?, ?, ?)
                ON CONFLICT(path) DO UPDATE SET
                  sha256 = excluded.sha256, size = excluded.size, mtime_ns = excluded.mtime_ns,
-                 width = excluded.width, height = excluded.height, status = 'ok',
-                 reason = NULL, detail = NULL, vector = excluded.vector, gen = excluded.gen,
-                 updated = excluded.updated
+                 width = excluded.width, height = excluded.height, taken = excluded.taken,
+                 camera = excluded.camera, status = 'ok', reason = NULL, detail = NULL,
+                 vector = excluded.vector, gen = excluded.gen, updated = excluded.updated
                RETURNING id""",
-            (path, sha256, size, mtime_ns, width, height, self._blob(vector), self.gen, self.now),
+            (
+                path,
+                sha256,
+                size,
+                mtime_ns,
+                width,
+                height,
+                info.taken,
+                info.camera,
+                self._blob(vector),
+                self.gen,
+                self.now,
+            ),
         ).fetchone()
         return int(row[0])
 
@@ -166,7 +190,8 @@ class Writer:
                VALUES ('image', ?, ?, ?, 'skipped', ?, ?, ?, ?)
                ON CONFLICT(path) DO UPDATE SET
                  sha256 = NULL, size = excluded.size, mtime_ns = excluded.mtime_ns,
-                 width = NULL, height = NULL, status = 'skipped', reason = excluded.reason,
+                 width = NULL, height = NULL, taken = NULL, camera = NULL, status = 'skipped',
+                 reason = excluded.reason,
                  detail = excluded.detail, vector = NULL,
                  gen = CASE WHEN items.status = 'ok' THEN excluded.gen ELSE items.gen END,
                  updated = excluded.updated
@@ -353,15 +378,18 @@ class Catalog:
         ).fetchall()
         return {hash_key(r[0]) for r in rows}
 
-    def vector_for_sha(self, sha256: str) -> tuple[np.ndarray, int | None, int | None] | None:
+    def vector_for_sha(
+        self, sha256: str
+    ) -> tuple[np.ndarray, int | None, int | None, PhotoInfo] | None:
+        """The vector, size and EXIF facts of content already indexed (they follow the bytes)."""
         row = self.conn.execute(
-            """SELECT vector, width, height FROM items
+            """SELECT vector, width, height, taken, camera FROM items
                WHERE sha256 = ? AND kind = 'image' AND status = 'ok' LIMIT 1""",
             (sha256,),
         ).fetchone()
         if row is None:
             return None
-        return self._vector(row[0]), row[1], row[2]
+        return self._vector(row[0]), row[1], row[2], PhotoInfo(row[3], row[4])
 
     def existing_texts(self, texts: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -409,7 +437,7 @@ class Catalog:
         out: dict[int, ItemRow] = {}
         for chunk in _chunks([int(i) for i in ids]):
             for row in self.conn.execute(
-                f"""SELECT id, kind, path, text, width, height, status FROM items
+                f"""SELECT id, kind, path, text, width, height, status, taken, camera FROM items
                     WHERE id IN ({_marks(len(chunk))})""",
                 chunk,
             ):
@@ -422,12 +450,24 @@ class Catalog:
             sql += f" LIMIT {int(limit)}"
         return [(p, r or "", d or "") for p, r, d in self.conn.execute(sql)]
 
+    def sha256_of(self, ids: Sequence[int]) -> dict[int, str | None]:
+        """Content hashes of items, by id (for collapsing byte-identical files in results)."""
+        out: dict[int, str | None] = {}
+        for chunk in _chunks([int(i) for i in ids]):
+            rows = self.conn.execute(
+                f"SELECT id, sha256 FROM items WHERE id IN ({_marks(len(chunk))})", chunk
+            )
+            out.update(rows)
+        return out
+
     def ids_with_prefix(self, prefix: str) -> np.ndarray:
-        """Ids of indexed images whose path starts with ``prefix``."""
+        """Ids of indexed images at ``prefix`` or in the folder ``prefix`` (and below): folder
+        boundaries count, so ``/photos/2023`` never matches ``/photos/2023-old/a.jpg``."""
+        folder = prefix.rstrip("/") + "/"
         rows = self.conn.execute(
             """SELECT id FROM items WHERE kind = 'image' AND status = 'ok'
-               AND path >= ? AND path < ?""",
-            (prefix, prefix + "\U0010ffff"),
+               AND (path = ? OR (path >= ? AND path < ?))""",
+            (prefix.rstrip("/") or "/", folder, folder + "\U0010ffff"),
         ).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
@@ -470,7 +510,9 @@ class Catalog:
 
     def get(self, id: int) -> ItemRow | None:
         row = self.conn.execute(
-            "SELECT id, kind, path, text, width, height, status FROM items WHERE id = ?", (int(id),)
+            """SELECT id, kind, path, text, width, height, status, taken, camera FROM items
+               WHERE id = ?""",
+            (int(id),),
         ).fetchone()
         return ItemRow(*row) if row else None
 

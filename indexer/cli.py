@@ -1,21 +1,32 @@
-"""``clipsearch index``, ``index-text``, ``search`` and ``info``: thin calls into ``Index``."""
+"""``clipsearch index``, ``index-text`` and ``info``: thin calls into ``Index`` (imported by each
+command, so ``--help`` stays instant)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from indexer.errors import QueryError
-from indexer.index import Index
 from indexer.layout import INDEX_TYPES
+from indexer.location import ENV_VAR, default_index_dir
 from indexer.results import IndexReport
 from indexer.texts import read_corpus
 
 app = typer.Typer(no_args_is_help=True)
 
-INDEX_OPT = typer.Option(..., "--index", "-i", help="Index directory (created if missing).")
+IndexDir = Annotated[
+    Path,
+    typer.Option(
+        "--index",
+        "-i",
+        default_factory=default_index_dir,
+        envvar=ENV_VAR,
+        help="Index directory (`index` creates it if missing).",
+        show_default="~/.local/share/clipsearch/index",
+    ),
+]
 MODEL_OPT = typer.Option(
     None, "--model", help="Architecture; a new index defaults to the project's model."
 )
@@ -44,8 +55,8 @@ def _print_report(report: IndexReport, as_json: bool, verbose: bool) -> None:
 
 @app.command("index")
 def index_command(
+    index: IndexDir,
     paths: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
-    index: Path = INDEX_OPT,
     model: str | None = MODEL_OPT,
     pretrained: str | None = PRETRAINED_OPT,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder batch."),
@@ -79,6 +90,8 @@ def index_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Index images incrementally: new and changed files are embedded, deleted ones dropped."""
+    from indexer.index import Index
+
     idx = Index.create(
         index,
         model=model,
@@ -101,8 +114,8 @@ def index_command(
 
 @app.command("index-text")
 def index_text_command(
+    index: IndexDir,
     file: Path = typer.Argument(..., help="Captions, labels or tags: CSV/TSV, or one per line."),
-    index: Path = INDEX_OPT,
     column: str | None = typer.Option(
         None, "--column", help="CSV column to read (default: caption/text/label/tag...)."
     ),
@@ -114,6 +127,8 @@ def index_text_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Add a text corpus in the same space, for image→text search (--target texts)."""
+    from indexer.index import Index
+
     texts = read_corpus(file, column)
     idx = Index.create(
         index,
@@ -130,45 +145,14 @@ def index_text_command(
     _print_report(report, as_json, False)
 
 
-@app.command("search")
-def search_command(
-    index: Path = typer.Option(..., "--index", "-i", help="Index directory."),
-    text: str | None = typer.Option(None, "--text", "-t", help="Search with this text."),
-    image: Path | None = typer.Option(None, "--image", help="Search with this image file."),
-    target: str = typer.Option("images", "--target", help="images or texts."),
-    k: int = typer.Option(10, "-k", "--k", help="Number of results."),
-    path_prefix: str | None = typer.Option(
-        None, "--path-prefix", help="Only images under this path."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
-    device: str = DEVICE_OPT,
-) -> None:
-    """Find the images (or texts) nearest to a text or an image."""
-    if (text is None) == (image is None):
-        raise QueryError("give exactly one of --text or --image")
-    idx = Index.open(index, device=device)
-    try:
-        if text is not None:
-            hits = idx.search_text(text, k, target, path_prefix)
-        else:
-            hits = idx.search_image(image, k, target, path_prefix)  # type: ignore[arg-type]
-    finally:
-        idx.close()
-    if as_json:
-        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
-        return
-    if not hits:
-        typer.echo("no results")
-    for rank, h in enumerate(hits, 1):
-        typer.echo(f"{rank:3d}  {h.score:+.4f}  #{h.id}  {h.path if h.kind == 'image' else h.text}")
-
-
 @app.command("info")
 def info_command(
-    index: Path = typer.Option(..., "--index", "-i", help="Index directory."),
+    index: IndexDir,
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
     """Counts, model, index types, recall@10, sizes and format version of an index."""
+    from indexer.index import Index
+
     idx = Index.open(index, lazy=True)
     try:
         stats = idx.stats()
@@ -211,3 +195,18 @@ def info_command(
     )
     lines.append(f"size       {total:.1f} MiB (catalog {cat:.1f}, faiss {fai:.1f})")
     typer.echo("\n".join(lines))
+
+
+@app.command("export")
+def export_command(
+    index: IndexDir,
+    out: Path = typer.Option(..., "--out", "-o", help="New directory for the export."),
+    format: str = typer.Option("npy", "--format", help="npy (clip-retrieval) or parquet."),
+) -> None:
+    """Write the image vectors with ids and paths for other tools (clip-retrieval layout)."""
+    from indexer.export import export_index
+    from indexer.index import Index
+
+    with Index.open(index, lazy=True) as idx:
+        done = export_index(idx, out, format)
+    typer.echo(f"exported {done['images']} images (dim {done['dim']}) to {done['directory']}")

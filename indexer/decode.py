@@ -12,11 +12,12 @@ import io
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from indexer.exif import PhotoInfo, photo_info
 from models.images import to_rgb
 
 # Every reason a file can be skipped for (the catalog's ``reason`` column).
@@ -102,6 +103,7 @@ class Decoded:
     image: Image.Image  # upright RGB, possibly reduced by JPEG draft mode
     width: int  # upright size of the full image
     height: int
+    info: PhotoInfo = field(default_factory=PhotoInfo)  # date taken, camera (EXIF)
 
 
 def decode(data: bytes, max_pixels: int, draft_size: int | None = None) -> Decoded:
@@ -122,6 +124,7 @@ def decode(data: bytes, max_pixels: int, draft_size: int | None = None) -> Decod
                     orientation = 1
                 if orientation in (5, 6, 7, 8):
                     width, height = height, width
+                info = photo_info(image)
                 image.seek(0)  # first frame of GIFs and multi-page TIFFs
                 if draft_size and image.format == "JPEG":
                     image.draft("RGB", (draft_size, draft_size))
@@ -145,4 +148,4 @@ def decode(data: bytes, max_pixels: int, draft_size: int | None = None) -> Decod
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             raise Skip("truncated", msg) from None
         raise Skip("corrupt", msg or type(e).__name__) from None
-    return Decoded(rgb, width, height)
+    return Decoded(rgb, width, height, info)

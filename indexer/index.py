@@ -16,17 +16,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 from PIL import Image
 
 from indexer import faiss_index as fx
+from indexer import query_text
 from indexer.catalog import Catalog, ItemRow
 from indexer.decode import Skip, decode, read_bytes, resolve_max_pixels
 from indexer.errors import IndexError_, ModelMismatchError, QueryError
-from indexer.ingest import index_images
 from indexer.layout import (
     CATALOG,
     FORMAT_VERSION,
@@ -44,8 +44,11 @@ from indexer.layout import (
 from indexer.lock import WriteLock
 from indexer.results import Hit, IndexReport
 from indexer.texts import sha256_text
-from models.encoder import Encoder
 from models.images import to_rgb
+
+if TYPE_CHECKING:  # torch and open_clip load when an encoder is first needed, not at import
+    from models.encoder import Encoder
+    from models.lite_text import LiteTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,7 @@ class Index:
         self._swap_lock = threading.RLock()
         self._encoder_lock = threading.Lock()
         self._states: dict[str, fx.FaissState] = {}
+        self._lite_text: LiteTextEncoder | None = None
         self._prefix_cache: OrderedDict[tuple[str, int], tuple[Any, int]] = OrderedDict()
         self._prefix_lock = threading.Lock()
         self.batch_size = int(opts.get("batch_size") or 32)
@@ -145,6 +149,8 @@ class Index:
         keeps what an existing index has. ``batch_size``, ``workers``, ``exclude``, ``device``,
         ``precision`` and ``lock_timeout`` apply to this object only.
         """
+        from models.encoder import Encoder
+
         directory = Path(directory).expanduser().absolute()
         device = opts.pop("device", "auto")
         precision = opts.pop("precision", None)
@@ -225,6 +231,8 @@ class Index:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
+            from models.encoder import Encoder
+
             with self._encoder_lock:
                 if self._encoder is None:
                     m = self.manifest.model
@@ -362,6 +370,8 @@ class Index:
             self._states = states
         for s in states.values():
             self._checkpoint(s)
+        if self._encoder is not None:
+            query_text.ensure(self.directory, self._encoder, self.manifest.model)
 
     def reload_if_changed(self) -> bool:
         """Pick up what other processes committed; True if a new index was swapped in."""
@@ -397,17 +407,23 @@ class Index:
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the text query is empty: give some words to search for")
         self._check(k, target, path_prefix)
-        vector = self.encoder.encode_texts([query.strip()])
+        vector = self.embed_texts([query.strip()])
         return self.search_vectors(vector, k, target, path_prefix)[0]
 
-    def search_image(
-        self,
-        image: Image.Image | str | Path,
-        k: int = 10,
-        target: str = "images",
-        path_prefix: str | None = None,
-    ) -> list[Hit]:
-        self._check(k, target, path_prefix)
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors of ``texts``: by the loaded encoder, else by the index's torch-free
+        text tower when it has one (``indexer.query_text``), else by the encoder loaded now."""
+        encoder: Encoder | LiteTextEncoder
+        if self._encoder is None and self._lite_text is None:
+            self._lite_text = query_text.load(self.directory, self.manifest.model)
+        if self._encoder is None and self._lite_text is not None:
+            encoder = self._lite_text
+        else:
+            encoder = self.encoder
+        return encoder.encode_texts(list(texts))
+
+    def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
+        """The vector of one image (a file is decoded as the indexer does: pixel cap, EXIF)."""
         if not isinstance(image, Image.Image):
             try:
                 decoded = decode(read_bytes(str(image)), self.max_pixels, self.encoder.image_size)
@@ -417,8 +433,17 @@ class Index:
                 ) from None
             image = decoded.image
         tensor = self.encoder.preprocess(to_rgb(image))
-        vector = self.encoder.encode_image_tensor(tensor[None])
-        return self.search_vectors(vector, k, target, path_prefix)[0]
+        return self.encoder.encode_image_tensor(tensor[None])[0]
+
+    def search_image(
+        self,
+        image: Image.Image | str | Path,
+        k: int = 10,
+        target: str = "images",
+        path_prefix: str | None = None,
+    ) -> list[Hit]:
+        self._check(k, target, path_prefix)
+        return self.search_vectors(self.embed_image(image)[None], k, target, path_prefix)[0]
 
     def search_vector(
         self,
@@ -513,7 +538,17 @@ class Index:
 
     @staticmethod
     def _hit(row: ItemRow, score: float) -> Hit:
-        return Hit(row.id, score, row.kind, row.path, row.text, row.width, row.height)
+        return Hit(
+            row.id,
+            score,
+            row.kind,
+            row.path,
+            row.text,
+            row.width,
+            row.height,
+            taken=row.taken,
+            camera=row.camera,
+        )
 
     def get(self, id: int) -> Hit | None:
         row = self.catalog.get(id)
@@ -533,6 +568,8 @@ class Index:
         workers: int | None = None,
     ) -> IndexReport:
         """Index files and folders (recursively) incrementally; see ``indexer.ingest``."""
+        from indexer.ingest import index_images
+
         if isinstance(paths, (str, Path)):
             paths = [paths]
         encoder = self.encoder

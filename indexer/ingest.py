@@ -24,6 +24,7 @@ import numpy as np
 
 from indexer.catalog import Catalog, ImageRow
 from indexer.decode import Skip, decode, read_bytes, sha256_hex
+from indexer.exif import PhotoInfo
 from indexer.pipeline import Batch, DecodeDataset, Item, batches, default_workers
 from indexer.results import IndexReport
 from indexer.scan import Found, scan
@@ -66,14 +67,14 @@ class _Run:
         except Skip as s:
             item.reason, item.detail = s.reason, s.detail
             return None
-        item.width, item.height = decoded.width, decoded.height
+        item.width, item.height, item.info = decoded.width, decoded.height, decoded.info
         tensor = self.encoder.preprocess(decoded.image)[None]
         return self.encoder.encode_image_tensor(tensor)[0]
 
     def commit(self, batch: Batch) -> None:
         """Embed what must be, then record every item of ``batch`` in one transaction."""
         items = batch.items
-        vectors: dict[str, tuple[np.ndarray, int | None, int | None]] = {}
+        vectors: dict[str, tuple[np.ndarray, int | None, int | None, PhotoInfo]] = {}
         embedded: set[int] = set()
         # Decoded items whose content is already known (a duplicate in an earlier batch) reuse it.
         encode_rows, encode_pos = [], []
@@ -97,7 +98,7 @@ class _Run:
             out = self.encoder.encode_image_tensor(tensor)
             for vec, pos in zip(out, encode_pos, strict=True):
                 it = items[pos]
-                vectors[it.sha256] = (vec, it.width, it.height)  # type: ignore[index]
+                vectors[it.sha256] = (vec, it.width, it.height, it.info)  # type: ignore[index]
                 embedded.add(pos)
 
         with self.catalog.write() as w:
@@ -110,7 +111,7 @@ class _Run:
                     if known is None:
                         vec = self._fallback_decode(item)
                         if vec is not None:
-                            known = (vec, item.width, item.height)
+                            known = (vec, item.width, item.height, item.info)
                             embedded.add(pos)
                     if known is not None:
                         vectors[item.sha256] = known  # type: ignore[index]
@@ -124,7 +125,7 @@ class _Run:
                     w.touch(row.id, found.size, found.mtime_ns)  # same bytes, new stat
                     self.report.unchanged += 1
                     continue
-                vec, width, height = vectors[sha]
+                vec, width, height, info = vectors[sha]
                 if row is None and self.gone_by_sha.get(sha):
                     old = self.gone_by_sha[sha].pop()
                     self.gone.pop(old.path, None)
@@ -132,7 +133,9 @@ class _Run:
                     self.report.renamed += 1
                     self.report.ids.append(old.id)
                 else:
-                    new_id = w.put_image(path, found.size, found.mtime_ns, sha, width, height, vec)
+                    new_id = w.put_image(
+                        path, found.size, found.mtime_ns, sha, width, height, vec, info
+                    )
                     self.report.ids.append(new_id)
                     if pos in embedded:
                         self.report.embedded += 1

@@ -8,6 +8,7 @@ Format version 1. An index directory holds::
       images.<gen>.faiss        FAISS checkpoint of the image vectors as of catalog generation <gen>
       images.<gen>.json         what that checkpoint is: spec, tuned search params, recall@10, ...
       texts.<gen>.faiss/.json   the same for the text corpus
+      query-text.tower          torch-free copy of the text tower, for queries (query_text.py)
       write.lock                flock(2) held by the one writer (holds its pid, for messages)
 
 ``manifest.json``::

@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import torch
@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from indexer.catalog import hash_key
 from indexer.decode import Skip, decode, read_bytes, sha256_hex
+from indexer.exif import PhotoInfo
 
 log = logging.getLogger(__name__)
 PREFETCH = 4  # batches decoded ahead (per worker process)
@@ -47,6 +48,7 @@ class Item:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+    info: PhotoInfo = field(default_factory=PhotoInfo)
     reason: str | None = None
     detail: str = ""
     reuse: bool = False  # content already has a vector: not decoded
@@ -93,7 +95,7 @@ class DecodeDataset(Dataset):
                 return Item(pos, sha, reuse=True), None
             decoded = decode(data, self.max_pixels, self.draft_size)
             tensor = self.preprocess(decoded.image)
-            return Item(pos, sha, decoded.width, decoded.height), tensor
+            return Item(pos, sha, decoded.width, decoded.height, decoded.info), tensor
         except Skip as s:
             return Item(pos, reason=s.reason, detail=s.detail), None
         except Exception as e:  # one strange file must never end the run

@@ -18,6 +18,9 @@ class Hit:
     text: str | None = None  # for kind == "text"
     width: int | None = None
     height: int | None = None
+    duplicates: tuple[str, ...] = ()  # paths of byte-identical copies folded into this hit
+    taken: str | None = None  # EXIF date taken, ISO 8601 (images)
+    camera: str | None = None  # EXIF camera make and model (images)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

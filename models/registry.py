@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import open_clip
-
 from models.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -61,6 +59,8 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def register_config(name: str, cfg: dict[str, Any]) -> None:
     """Make ``name`` known to open_clip with ``cfg`` (placeholders resolved)."""
+    import open_clip  # here, not at import: open_clip takes seconds
+
     global _resolved_dir
     if not name or "/" in name or name.startswith("."):
         raise ModelError(f"{name!r} cannot name an architecture: use letters, digits, - and _")
@@ -88,6 +88,8 @@ def raw_config(name: str) -> dict[str, Any]:
     ensure_registered()
     if name in _raw_configs:
         return copy.deepcopy(_raw_configs[name])
+    import open_clip
+
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ModelError(f"unknown architecture {name!r}; run 'clipsearch models' to list them")
@@ -106,6 +108,8 @@ def extras(name: str) -> dict[str, Any]:
 
 def list_architectures() -> list[str]:
     """Every architecture name open_clip can build, the project's own first."""
+    import open_clip
+
     ensure_registered()
     ours = sorted(_raw_configs)
     return ours + [m for m in open_clip.list_models() if m not in _raw_configs]

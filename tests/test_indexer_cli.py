@@ -1,4 +1,5 @@
-"""``clipsearch index``, ``index-text``, ``search`` and ``info`` end to end."""
+"""``clipsearch index``, ``index-text``, ``search`` and ``info`` end to end (a server for the
+index is never announced here: ``search`` runs in this process)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def test_info_json(indexed: tuple[Path, Path]) -> None:
 def test_search_text_and_image(indexed: tuple[Path, Path]) -> None:
     root, idx = indexed
     result = CliRunner().invoke(
-        app.cli.app, ["search", "--index", str(idx), "--text", "a red circle", "-k", "3", "--json"]
+        app.cli.app, ["search", "a red circle", "--index", str(idx), "-k", "3", "--json", "--local"]
     )
     assert result.exit_code == 0, result.output
     hits = json.loads(result.output)
@@ -79,7 +80,18 @@ def test_search_text_and_image(indexed: tuple[Path, Path]) -> None:
     image = next((root / "data" / "images").glob("0000_*.png"))
     result = CliRunner().invoke(
         app.cli.app,
-        ["search", "--index", str(idx), "--image", str(image), "--target", "texts", "-k", "2"],
+        [
+            "search",
+            "-i",
+            str(idx),
+            "--image",
+            str(image),
+            "--target",
+            "texts",
+            "-k",
+            "2",
+            "--local",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert result.output.count("\n") == 2 and "background" in result.output
@@ -93,7 +105,9 @@ def test_mismatch_and_errors(indexed: tuple[Path, Path]) -> None:
     )
     assert isinstance(result.exception, ModelMismatchError)
     result = CliRunner().invoke(app.cli.app, ["search", "--index", str(idx)])
-    assert "exactly one of --text or --image" in str(result.exception)
+    assert "give a text query or --image PATH" in str(result.exception)
+    result = CliRunner().invoke(app.cli.app, ["search", "x", "--image", str(idx), "-i", str(idx)])
+    assert "give a text query or --image PATH" in str(result.exception)
 
 
 def test_errors_exit_2_with_one_line(tmp_path: Path) -> None:

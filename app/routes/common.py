@@ -81,6 +81,9 @@ def hit_out(hit: Any, request: Request) -> Hit:
         thumbnail_url=f"{image_url(request, hit.id)}/thumbnail" if is_image else None,
         width=hit.width,
         height=hit.height,
+        duplicates=list(hit.duplicates),
+        taken=hit.taken,
+        camera=hit.camera,
     )
 
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
-from app.errors import bad_request
+from app.errors import bad_request, not_found
 from app.routes.common import (
     check_k,
     check_query,
@@ -22,19 +22,24 @@ from app.routes.common import (
 from app.schemas import (
     ERROR_RESPONSES,
     ImageSearchRequest,
+    SearchBase,
     SearchResponse,
     TextSearchRequest,
     VectorSearchRequest,
 )
 from app.uploads import b64decode
+from indexer.query import Query, Term, parse_query
+from indexer.refine import apply_cutoff
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[ReadAccess])
 
 
-def _response(hits: list, target: str, request: Request, start: float) -> SearchResponse:
+def _response(hits: list, body: SearchBase, request: Request, start: float) -> SearchResponse:
+    """The hits after the request's optional cutoff (``indexer.refine.apply_cutoff``)."""
+    kept = apply_cutoff(hits, body.min_score, body.min_relative)
     return SearchResponse(
-        hits=[hit_out(h, request) for h in hits],
-        target=target,
+        hits=[hit_out(h, request) for h in kept],
+        target=body.target,
         took_ms=round((time.perf_counter() - start) * 1000, 3),
     )
 
@@ -43,12 +48,18 @@ def _response(hits: list, target: str, request: Request, start: float) -> Search
 async def search_text(
     body: TextSearchRequest, request: Request, service: ServiceDep, settings: SettingsDep
 ) -> SearchResponse:
-    """Text → images (what people mostly want) or text → texts."""
+    """Text → images (what people mostly want) or text → texts. ``query`` is plain words or an
+    expression: ``"beach" + "sunset" - 0.5:"people"``, ``#42 + "at night"`` (see
+    ``indexer.query``); a malformed expression is a 422 that says where."""
     start = time.perf_counter()
-    query = check_query(body.query, settings)
+    query = parse_query(check_query(body.query, settings))
     k = check_k(body.k, settings)
-    hits = await service.search_text(query, k, body.target, body.path_prefix)
-    return _response(hits, body.target, request, start)
+    taken = body.taken
+    if query.plain_text is not None and taken is None:  # the common case: batched
+        hits = await service.search_text(query.plain_text, k, body.target, body.path_prefix)
+    else:
+        hits = await service.search_query(query, k, body.target, body.path_prefix, taken)
+    return _response(hits, body, request, start)
 
 
 @router.post(
@@ -66,6 +77,8 @@ async def search_text(
                             "k": {"type": "integer", "default": 10},
                             "target": {"type": "string", "enum": ["images", "texts"]},
                             "path_prefix": {"type": "string"},
+                            "min_score": {"type": "number"},
+                            "min_relative": {"type": "number"},
                         },
                         "required": ["file"],
                     }
@@ -93,7 +106,13 @@ async def search_image(
                 {
                     "k": form.get("k") or 10,
                     "target": form.get("target") or "images",
-                    "filter": {"path_prefix": form.get("path_prefix") or None},
+                    "filter": {
+                        "path_prefix": form.get("path_prefix") or None,
+                        "taken_from": form.get("taken_from") or None,
+                        "taken_to": form.get("taken_to") or None,
+                    },
+                    "min_score": form.get("min_score") or None,
+                    "min_relative": form.get("min_relative") or None,
                 }
             )
         except ValidationError as e:
@@ -109,12 +128,16 @@ async def search_image(
     k = check_k(body.k, settings)
     if data is None:
         assert body.image_id is not None
-        path = await service.get_image_path(body.image_id)
-        hits = await service.search_image(path, k, body.target, body.path_prefix)
+        item = await service.get(body.image_id)
+        if item.kind != "image":
+            raise not_found(f"item {body.image_id} is a {item.kind}, not an image")
+        # By its stored vector, leaving the image itself out of its look-alikes.
+        query = Query((Term(1.0, id=body.image_id),))
+        hits = await service.search_query(query, k, body.target, body.path_prefix, body.taken)
     else:
         image = await decode_upload(data, settings, service)
-        hits = await service.search_image(image, k, body.target, body.path_prefix)
-    return _response(hits, body.target, request, start)
+        hits = await service.search_image(image, k, body.target, body.path_prefix, body.taken)
+    return _response(hits, body, request, start)
 
 
 @router.post("/vector", responses=ERROR_RESPONSES)
@@ -126,4 +149,4 @@ async def search_vector(
     k = check_k(body.k, settings)
     vector = np.asarray(body.vector, dtype=np.float64)
     hits = await service.search_vector(vector, k, body.target, body.path_prefix)
-    return _response(hits, body.target, request, start)
+    return _response(hits, body, request, start)
