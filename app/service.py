@@ -200,7 +200,7 @@ class SearchService:
         """Encode every query in one call, then one FAISS call per (target, filter) group."""
         index = self.index
         t0 = time.perf_counter()
-        vectors = index.encoder.encode_texts([q.text for q in queries])
+        vectors = index.embed_texts([q.text for q in queries])
         self.metrics.encode.labels("text").observe(time.perf_counter() - t0)
         out: list[list | BaseException] = [[] for _ in queries]
         groups: dict[tuple[str, str | None], list[int]] = {}
