@@ -12,6 +12,7 @@ import typer
 
 from app.serve import serve as serve_command
 from indexer.cli import app as indexer_app
+from indexer.cli_embed import app as embed_app
 from models.cli import app as models_app
 from models.errors import ClipsearchError
 
@@ -22,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve_command)
-for _group in (models_app, indexer_app):
+for _group in (models_app, indexer_app, embed_app):
     for _command in _group.registered_commands:
         app.registered_commands.append(_command)
     for _sub in _group.registered_groups:

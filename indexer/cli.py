@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from indexer.errors import QueryError
+from indexer.from_shards import DEFAULT_ONDISK_THRESHOLD, index_from_embeddings
 from indexer.index import Index
 from indexer.layout import INDEX_TYPES
 from indexer.results import IndexReport
@@ -44,8 +45,22 @@ def _print_report(report: IndexReport, as_json: bool, verbose: bool) -> None:
 
 @app.command("index")
 def index_command(
-    paths: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
+    paths: list[Path] | None = typer.Argument(
+        None, help="Image files or folders (walked recursively)."
+    ),
     index: Path = INDEX_OPT,
+    from_embeddings: Path | None = typer.Option(
+        None,
+        "--from-embeddings",
+        help="Import the shards 'clipsearch embed' wrote to this directory instead of encoding "
+        "(new shards only on a rerun).",
+    ),
+    ondisk_threshold: int = typer.Option(
+        DEFAULT_ONDISK_THRESHOLD,
+        "--ondisk-threshold",
+        min=1,
+        help="With --from-embeddings: from this many images, IVF-PQ with on-disk lists.",
+    ),
     model: str | None = MODEL_OPT,
     pretrained: str | None = PRETRAINED_OPT,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder batch."),
@@ -79,6 +94,12 @@ def index_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Index images incrementally: new and changed files are embedded, deleted ones dropped."""
+    if (from_embeddings is None) == (not paths):
+        raise QueryError("give image folders to index, or --from-embeddings DIR (not both)")
+    if from_embeddings is not None:
+        report = index_from_embeddings(from_embeddings, index, ondisk_threshold=ondisk_threshold)
+        _print_report(report, as_json, verbose)
+        return
     idx = Index.create(
         index,
         model=model,
