@@ -92,6 +92,7 @@ class Collector:
         root: Path,
         modality: sh.Modality,
         items: Sequence[Found] | Sequence[str],
+        dim: int,
         first: int,
         shard_size: int,
         report: EmbedReport,
@@ -100,6 +101,7 @@ class Collector:
         self.root = root
         self.modality = modality
         self.items = items
+        self.dim = dim
         self.first = first
         self.shard_size = shard_size
         self.report = report
@@ -128,8 +130,7 @@ class Collector:
     def _write(self, j: int, results: list[Result]) -> None:
         number = self.first + j
         ok = [r for r in results if r.reason is None]
-        dim = next((len(r.vector) for r in ok if r.vector is not None), 0)
-        vectors = np.stack([r.vector for r in ok]) if ok else np.zeros((0, dim), np.float32)
+        vectors = np.stack([r.vector for r in ok]) if ok else np.zeros((0, self.dim), np.float32)
         if self.modality.kind == "text":
             texts = [self.items[r.pos] for r in ok]
             sh.write_shard(
@@ -209,7 +210,9 @@ def embed_images(
     todo = [f for f in found.files if f.path not in done]
     report = EmbedReport(unchanged=len(found.files) - len(todo))
     first = sh.next_shard(root, sh.IMAGES)
-    collector = Collector(root, sh.IMAGES, todo, first, opts.shard_size, report, opts.progress)
+    collector = Collector(
+        root, sh.IMAGES, todo, encoder.dim, first, opts.shard_size, report, opts.progress
+    )
     log.info(
         "%d files found: %d in finished shards, %d to embed in %d shards from #%d (%s engine)",
         len(found.files), report.unchanged, len(todo), collector.shard_count(), first, opts.engine,
@@ -275,7 +278,9 @@ def embed_texts(
     todo = [t for t in clean if t not in done]
     report = EmbedReport(unchanged=len(clean) - len(todo))
     first = sh.next_shard(root, sh.TEXTS)
-    collector = Collector(root, sh.TEXTS, todo, first, opts.shard_size, report, opts.progress)
+    collector = Collector(
+        root, sh.TEXTS, todo, encoder.dim, first, opts.shard_size, report, opts.progress
+    )
     try:
         if todo:
             if opts.engine == "ray":

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer import faiss_index as fx
 from indexer import ondisk
 from indexer import shards as sh
 from indexer.catalog import Catalog
@@ -32,6 +33,7 @@ from indexer.layout import (
     IndexSettings,
     Manifest,
     atomic_write_bytes,
+    list_checkpoints,
     read_manifest,
     write_manifest,
 )
@@ -180,6 +182,14 @@ def index_from_embeddings(
     return report
 
 
+def _ondisk_at(directory: Path, gen: int) -> bool:
+    """Whether the newest image checkpoint is an on-disk index of generation ``gen``."""
+    gens = list_checkpoints(directory, "image")
+    if not gens or gens[0] != gen:
+        return False
+    return bool(fx.read_checkpoint_info(directory, "image", gen)["info"].get("ondisk"))
+
+
 def _sync(index: Index, threshold: int, train_size: int, recall_target: float | None) -> None:
     """Bring the FAISS indexes up to the catalog (the caller holds the write lock)."""
     manifest = index.manifest
@@ -194,6 +204,9 @@ def _sync(index: Index, threshold: int, train_size: int, recall_target: float | 
             write_manifest(index.directory, manifest)
         with index.catalog.snapshot():
             gen = index.catalog.generation()
+            if _ondisk_at(index.directory, gen):
+                index._sync_all()
+                return
             parts = _image_parts(index, _imported(index.catalog))
             alive = index.catalog.ids("image")
             text_ids = index.catalog.ids("text")
@@ -203,5 +216,5 @@ def _sync(index: Index, threshold: int, train_size: int, recall_target: float | 
             index.directory, parts, alive, other, gen, manifest.index.recall_target, train_size
         )
         index._checkpoint(state)
-        ondisk.remove_stale(index.directory, gen)
+        ondisk.remove_stale(index.directory, state.info["ivfdata"])
     index._sync_all()

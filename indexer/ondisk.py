@@ -141,6 +141,9 @@ def _trained(
     sample, _ = _sample(parts, keep, train_size - n_other, seed=0)
     train = np.concatenate([sample, other[:n_other]]).astype(np.float32)
     index = faiss.index_factory(sample.shape[1], spec.factory(), faiss.METRIC_INNER_PRODUCT)
+    # The factory turns on polysemous training (an annealing of the code order, minutes per
+    # million): useless here, since searches never use Hamming filtering.
+    faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
     index.train(train)
     info = {
         "spec": spec.to_dict(),
@@ -226,9 +229,11 @@ def build(
         "ondisk": True,
         "built_vectors": n,
         "trained_on": trained_info["trained_on"],
+        "train_s": trained_info.get("train_s"),
         "recall@10": round(recall, 4),
         "held_out_queries": len(queries),
         "tuning": curve,
+        "ivfdata": target.name,
         "fill_s": round(filled_s, 2),
         "build_s": round(time.perf_counter() - t0, 2),
     }
@@ -237,10 +242,10 @@ def build(
     return fx.FaissState("image", index, spec, gen, value, info)
 
 
-def remove_stale(directory: Path, keep_gen: int) -> None:
-    """Inverted-list files of older generations (after the new checkpoint is written)."""
-    root = directory / DIRNAME
-    for p in root.glob("images.*.ivfdata"):
-        with contextlib.suppress(ValueError, OSError):
-            if int(p.name.split(".")[1]) < keep_gen:
+def remove_stale(directory: Path, keep: str) -> None:
+    """Inverted-list files other than ``keep``, the one the newest checkpoint points at (deltas
+    applied in place keep using the file of the generation that merged it)."""
+    for p in (directory / DIRNAME).glob("images.*.ivfdata"):
+        if p.name != keep:
+            with contextlib.suppress(OSError):
                 p.unlink()
