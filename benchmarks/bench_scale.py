@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+
 class Mixture:
     """The generator: ``sample(rng, n)`` draws ``n`` unit vectors of dimension ``dim``."""
 
@@ -244,8 +245,7 @@ def engines(args: argparse.Namespace) -> None:
             results[engine] = time.perf_counter() - t0
             print(f"{engine}: {report.summary()}; {results[engine]:.1f} s wall", flush=True)
         print(
-            f"ray / local wall time: {results['ray'] / results['local']:.2f} "
-            f"({len(files)} images)"
+            f"ray / local wall time: {results['ray'] / results['local']:.2f} ({len(files)} images)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -33,6 +33,7 @@ import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
 from indexer import faiss_index as fx
+from indexer.index import Index
 from indexer.layout import IndexSettings, atomic_write_bytes, tmp_name
 
 log = logging.getLogger(__name__)
@@ -125,22 +126,26 @@ def _keep_masks(parts: Sequence[Part], alive: np.ndarray) -> list[np.ndarray]:
 
 
 def _trained(
-    root: Path, spec: fx.Spec, parts: Sequence[Part], keep: list[np.ndarray], other: np.ndarray,
-    train_size: int,
-) -> tuple[faiss.Index, dict[str, Any], bool]:  # fmt: skip
-    """The trained empty index (reused when its spec still holds); True if trained now."""
+    root: Path, n: int, dim: int, parts: Sequence[Part], keep: list[np.ndarray],
+    other: np.ndarray, train_size: int,
+) -> tuple[faiss.Index, fx.Spec, dict[str, Any]]:  # fmt: skip
+    """The trained empty index, its spec and what it learnt from: the one on disk while it still
+    suits ``n`` vectors (as ``Index._fits`` judges: within 4x of the lists it would pick), else
+    trained now (and every block made with the old codebooks is dropped)."""
     index_path, info_path = root / "trained.faiss", root / "trained.json"
     mixed = len(other) >= fx.MIN_OTHER_FOR_MIXING
+    want = fx.choose_spec(IndexSettings(type="ivfpq"), n, dim)
     with contextlib.suppress(OSError, ValueError, KeyError, RuntimeError):
         info = json.loads(info_path.read_text())
-        if fx.Spec.from_dict(info["spec"]) == spec and (info["trained_on"]["other_modality"] > 0
-                                                        or not mixed):  # fmt: skip
-            return faiss.read_index(str(index_path)), info, False
+        have = fx.Spec.from_dict(info["spec"])
+        if Index._fits(have, want) and (info["trained_on"]["other_modality"] > 0 or not mixed):
+            return faiss.read_index(str(index_path)), have, info
     t0 = time.perf_counter()
+    spec = ondisk_spec(n, dim)
     n_other = min(len(other), int(fx.OTHER_SHARE * train_size)) if mixed else 0
     sample, _ = _sample(parts, keep, train_size - n_other, seed=0)
     train = np.concatenate([sample, other[:n_other]]).astype(np.float32)
-    index = faiss.index_factory(sample.shape[1], spec.factory(), faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, spec.factory(), faiss.METRIC_INNER_PRODUCT)
     # The factory turns on polysemous training (an annealing of the code order, minutes per
     # million): useless here, since searches never use Hamming filtering.
     faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
@@ -150,11 +155,12 @@ def _trained(
         "trained_on": {"same_modality": len(sample), "other_modality": n_other},
         "train_s": round(time.perf_counter() - t0, 2),
     }
-    _write_index(index, index_path)
-    atomic_write_bytes(info_path, json.dumps(info, indent=2).encode())
+    info_path.unlink(missing_ok=True)  # no stale description of the file written next
     for old in (root / "blocks").glob("*.faiss"):  # codes of the old codebooks are useless
         old.unlink()
-    return index, info, True
+    _write_index(index, index_path)
+    atomic_write_bytes(info_path, json.dumps(info, indent=2).encode())
+    return index, spec, info
 
 
 def _write_index(index: faiss.Index, path: Path) -> None:
@@ -206,8 +212,7 @@ def build(
     keep = _keep_masks(parts, alive)
     n = int(sum(int(k.sum()) for k in keep))
     dim = int(parts[0].vectors.shape[1])
-    spec = ondisk_spec(n, dim)
-    trained, trained_info, _ = _trained(root, spec, parts, keep, other, train_size)
+    trained, spec, trained_info = _trained(root, n, dim, parts, keep, other, train_size)
     blocks = [_block(trained, root, p, m) for p, m in zip(parts, keep, strict=True)]
     blocks = [b for b, m in zip(blocks, keep, strict=True) if m.any()]
     index = faiss.clone_index(trained)

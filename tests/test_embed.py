@@ -114,9 +114,10 @@ def test_index_from_embeddings_is_incremental(folder: Path, tmp_path: Path) -> N
         hit = index.search_vector(vectors[3], k=1)[0]
         assert hit.path == paths[3] and hit.score == pytest.approx(1.0, abs=1e-5)
         assert index.search_vector(text_vectors[0], k=1, target="texts")[0].text == texts[0]
-    assert json.loads(_cli("index", "--from-embeddings", emb, "--index", idx, "--json"))[
-        "unchanged"
-    ] == 20
+    assert (
+        json.loads(_cli("index", "--from-embeddings", emb, "--index", idx, "--json"))["unchanged"]
+        == 20
+    )
     # New images → one new shard → only it is imported.
     make_dataset(folder / "more", n=3, size=40)
     _cli("embed", folder / "more" / "images", "--out", emb, *TINY, "--workers", "0", "-q")
