@@ -228,7 +228,8 @@ def read_shard(root: Path, modality: Modality, i: int, dim: int) -> Shard:
         vectors = np.load(emb, mmap_mode="r")
         meta = pq.read_table(modality.meta(root, i))
         skipped_path = modality.skipped(root, i)
-        skipped = pq.read_table(skipped_path) if skipped_path.is_file() else None
+        has_skipped = modality.kind == "image" and skipped_path.is_file()
+        skipped = pq.read_table(skipped_path) if has_skipped else None
     except (OSError, ValueError, pa.ArrowException) as e:
         raise IndexError_(f"shard {i} in {root} cannot be read ({e}); embed it again") from e
     if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.shape[0] != meta.num_rows:

@@ -13,7 +13,7 @@ from indexer.from_shards import index_from_embeddings
 from models.encoder import Encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-SHARD = 1_000
+SHARD = 5_000  # from 2 shards on, the spec (lists, 8-bit codes) stays: blocks are reused
 
 
 def _clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -42,14 +42,14 @@ def test_ondisk_index_from_shards(tmp_path: Path) -> None:
     sh.open_for_writing(src, encoder.provenance.to_dict(), repr(encoder.preprocess))
     for i in range(2):
         _write(src, i, encoder.dim)
-    index_from_embeddings(src, idx, ondisk_threshold=1_500)
+    index_from_embeddings(src, idx, ondisk_threshold=7_500)
     blocks = sorted((idx / "ondisk" / "blocks").iterdir())
     first_ivfdata = sorted((idx / "ondisk").glob("*.ivfdata"))
     assert len(blocks) == 2 and len(first_ivfdata) == 1
     stamps = [b.stat().st_mtime_ns for b in blocks]
 
     last = _write(src, 2, encoder.dim)
-    report = index_from_embeddings(src, idx, ondisk_threshold=1_500)
+    report = index_from_embeddings(src, idx, ondisk_threshold=7_500)
     assert (report.indexed, report.unchanged) == (SHARD, 2 * SHARD)
     # The new shard got its own block; the others were reused, and the lists merged anew.
     assert [b.stat().st_mtime_ns for b in blocks] == stamps
