@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,20 +224,26 @@ def embed_images(
             collector.add(Result(pos, reason=f.reason, detail=f.detail))
         else:
             decodable.append(pos)
-    try:
-        if decodable:
-            if opts.engine == "ray":
-                from indexer.embed_ray import ray_image_results
+    if not decodable:
+        results: Iterable[Result] = ()
+    elif opts.engine == "ray":
+        from indexer.embed_ray import ray_image_results
 
-                results = ray_image_results(todo, decodable, encoder, opts, max_pixels)
-            else:
-                results = _local_image_results(todo, decodable, encoder, opts, max_pixels)
-            for result in results:
-                collector.add(result)
+        results = ray_image_results(todo, decodable, encoder, opts, max_pixels)
+    else:
+        results = _local_image_results(todo, decodable, encoder, opts, max_pixels)
+    return _drain(collector, results, t0)
+
+
+def _drain(collector: Collector, results: Iterable[Result], t0: float) -> EmbedReport:
+    """Hand every result to ``collector`` (which writes the shards); the finished report."""
+    try:
+        for result in results:
+            collector.add(result)
     finally:
         collector.close()
-    report.seconds = time.perf_counter() - t0
-    return report
+    collector.report.seconds = time.perf_counter() - t0
+    return collector.report
 
 
 def _local_image_results(
@@ -281,20 +287,15 @@ def embed_texts(
     collector = Collector(
         root, sh.TEXTS, todo, encoder.dim, first, opts.shard_size, report, opts.progress
     )
-    try:
-        if todo:
-            if opts.engine == "ray":
-                from indexer.embed_ray import ray_text_results
+    if not todo:
+        results: Iterable[Result] = ()
+    elif opts.engine == "ray":
+        from indexer.embed_ray import ray_text_results
 
-                results = ray_text_results(todo, opts)
-            else:
-                results = _local_text_results(todo, encoder, opts)
-            for result in results:
-                collector.add(result)
-    finally:
-        collector.close()
-    report.seconds = time.perf_counter() - t0
-    return report
+        results = ray_text_results(todo, opts)
+    else:
+        results = _local_text_results(todo, encoder, opts)
+    return _drain(collector, results, t0)
 
 
 def _local_text_results(

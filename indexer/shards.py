@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,11 +165,12 @@ def covered(root: Path, modality: Modality) -> set[str]:
     return seen
 
 
-def _write_parquet(path: Path, table: pa.Table) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)``, fsync, rename over ``path``: readers see no half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -177,18 +179,16 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
         raise
 
 
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    _write_atomically(path, lambda tmp: pq.write_table(table, tmp))
+
+
 def _write_npy(path: Path, vectors: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(vectors, dtype=np.float32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a name would get ".npy" appended
+            np.save(f, np.ascontiguousarray(vectors, np.float32))
+
+    _write_atomically(path, write)
 
 
 def write_shard(
