@@ -16,6 +16,7 @@ import typer
 from app.search_cli import search_command
 from app.serve import serve as serve_command
 from indexer.cli import app as indexer_app
+from indexer.cli_embed import app as embed_app
 from models.cli import app as models_app
 from models.errors import ClipsearchError
 
@@ -29,6 +30,7 @@ app.add_typer(indexer_app)
 app.command("search")(search_command)
 app.command("serve")(serve_command)
 app.add_typer(models_app)
+app.add_typer(embed_app)
 
 
 def _quiet_libraries() -> None:

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from indexer.layout import INDEX_TYPES
+from indexer.errors import QueryError
+from indexer.layout import DEFAULT_ONDISK_THRESHOLD, INDEX_TYPES
 from indexer.location import ENV_VAR, default_index_dir
 from indexer.results import IndexReport
 from indexer.texts import read_corpus
@@ -56,7 +57,21 @@ def _print_report(report: IndexReport, as_json: bool, verbose: bool) -> None:
 @app.command("index")
 def index_command(
     index: IndexDir,
-    paths: list[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
+    paths: list[Path] | None = typer.Argument(
+        None, help="Image files or folders (walked recursively)."
+    ),
+    from_embeddings: Path | None = typer.Option(
+        None,
+        "--from-embeddings",
+        help="Import the shards 'clipsearch embed' wrote to this directory instead of encoding "
+        "(new shards only on a rerun).",
+    ),
+    ondisk_threshold: int = typer.Option(
+        DEFAULT_ONDISK_THRESHOLD,
+        "--ondisk-threshold",
+        min=1,
+        help="With --from-embeddings: from this many images, IVF-PQ with on-disk lists.",
+    ),
     model: str | None = MODEL_OPT,
     pretrained: str | None = PRETRAINED_OPT,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder batch."),
@@ -92,6 +107,14 @@ def index_command(
     """Index images incrementally: new and changed files are embedded, deleted ones dropped."""
     from indexer.index import Index
 
+    if (from_embeddings is None) == (not paths):
+        raise QueryError("give image folders to index, or --from-embeddings DIR (not both)")
+    if from_embeddings is not None:
+        from indexer.from_shards import index_from_embeddings
+
+        report = index_from_embeddings(from_embeddings, index, ondisk_threshold=ondisk_threshold)
+        _print_report(report, as_json, verbose)
+        return
     idx = Index.create(
         index,
         model=model,

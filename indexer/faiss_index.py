@@ -11,8 +11,10 @@ images alone serves text queries badly: clip-retrieval #76), then ``nprobe`` / `
 raised until recall@10 against exact search on held-out queries (both modalities) reaches the
 target. The recall measured is stored with the checkpoint and shown by ``info``.
 
-An :class:`FaissState` is immutable once published: updates clone the index, change the clone and
-publish a new state, so readers holding the old one are never disturbed.
+Updates change the index in place (a clone per delta would double the memory of a large index
+on every write, and on-disk inverted lists cannot be cloned at all) and publish a new state for
+it; the caller keeps searches out while a delta is applied (``Index`` does so with a
+readers-writer lock).
 """
 
 from __future__ import annotations
@@ -391,13 +393,13 @@ def build_state(
 def apply_delta(
     state: FaissState, remove: np.ndarray, add_ids: np.ndarray, add_vectors: np.ndarray, gen: int
 ) -> FaissState | None:
-    """A new state with the catalog's changes applied to a clone; None when only a rebuild can
-    (HNSW cannot remove vectors)."""
+    """``state`` with the catalog's changes applied to its index, in place (no copy: the caller
+    excludes searches meanwhile); None when only a rebuild can (HNSW cannot remove vectors)."""
     if remove.size == 0 and add_ids.size == 0:
         return replace(state, gen=gen)
     if remove.size and state.spec.type == "hnsw" and state.contains_any(remove):
         return None
-    index = faiss.clone_index(state.index)
+    index = state.index
     if remove.size:
         index.remove_ids(faiss.IDSelectorBatch(remove.astype(np.int64)))
     if add_ids.size:

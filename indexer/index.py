@@ -1,9 +1,10 @@
 """``Index``: the library API over one index directory (format: see ``indexer.layout``).
 
 Thread safety: searches read ``self._states`` (a dict that is replaced, never mutated) once and
-work on that immutable snapshot, so they see the old index or the new one, never a torn one.
-Writers (``add_images``, ``add_texts``, ``remove``) hold the directory's write lock, commit to the
-catalog in batches, then build the new FAISS state on the side and swap it in under a lock.
+search under the read side of a readers-writer lock. Writers (``add_images``, ``add_texts``,
+``remove``) hold the directory's write lock and commit to the catalog in batches; a delta is then
+applied to the FAISS index in place under the write side (never a copy of the whole index), a
+rebuild is made on the side; either is swapped in under a lock.
 ``reload_if_changed`` does the same for changes another process committed.
 """
 
@@ -43,6 +44,7 @@ from indexer.layout import (
 )
 from indexer.lock import WriteLock
 from indexer.results import Hit, IndexReport
+from indexer.rwlock import ReadWriteLock
 from indexer.texts import sha256_text
 from models.images import to_rgb
 from models.query_templates import embed_queries
@@ -118,6 +120,7 @@ class Index:
         self._precision = precision
         self._lock = WriteLock(directory)
         self._swap_lock = threading.RLock()
+        self._searching = ReadWriteLock()
         self._encoder_lock = threading.Lock()
         self._states: dict[str, fx.FaissState] = {}
         self._lite_text: LiteTextEncoder | None = None
@@ -314,7 +317,8 @@ class Index:
                 return state
             if state is not None:
                 remove, add_ids, add_vecs = self.catalog.delta(kind, state.gen)
-                new = fx.apply_delta(state, remove, add_ids, add_vecs, gen)
+                with self._searching.write():  # the delta changes the index searches use
+                    new = fx.apply_delta(state, remove, add_ids, add_vecs, gen)
                 if new is not None:
                     return new
             if counts[kind] == 0:
@@ -482,7 +486,18 @@ class Index:
             queries = fx.check_queries(vectors, self.dim)
         except ValueError as e:
             raise QueryError(str(e)) from None
-        state = self._state(kind)  # one immutable snapshot for the whole call
+        state = self._state(kind)
+        with self._searching.read():  # no delta changes the index during the call
+            return self._search_state(state, kind, queries, k, path_prefix)
+
+    def _search_state(
+        self,
+        state: fx.FaissState,
+        kind: str,
+        queries: np.ndarray,
+        k: int,
+        path_prefix: str | None,
+    ) -> list[list[Hit]]:
         if state.ntotal == 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
         selector, allowed = None, state.ntotal

@@ -49,6 +49,11 @@ MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite3"
 LOCK = "write.lock"
 TARGETS = {"images": "image", "texts": "text"}  # search target -> catalog kind
+# From this many images an index built from embedding shards keeps IVF-PQ lists on disk.
+DEFAULT_ONDISK_THRESHOLD = 2_000_000
+# Embedding shards (``clipsearch embed``): engines and items per shard.
+ENGINES = ("local", "ray")
+DEFAULT_SHARD_SIZE = 10_000
 FILE_STEMS = {"image": "images", "text": "texts"}  # catalog kind -> checkpoint file stem
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 DEFAULT_FLAT_THRESHOLD = 200_000

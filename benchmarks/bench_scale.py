@@ -1,0 +1,286 @@
+"""Beyond one machine (issue 11): the embed engines side by side, and indexes built from shards.
+
+    # (a) Ray vs the local pipeline on the same images, one run each
+    python benchmarks/bench_scale.py engines --images ../shared/data/flickr8k/images --n 256
+    # synthetic shards clustered like real embeddings (streamed to disk, any size)
+    python benchmarks/bench_scale.py gen --n 10000000 --out /tmp/syn10m
+    # (b) index them (on-disk IVF-PQ above --ondisk-threshold): RSS, time, p50 and recall per nprobe
+    python benchmarks/bench_scale.py build --src /tmp/syn10m --index /tmp/idx10m
+    # (c) recall@10 of text queries (the model's text tower) on a built index
+    python benchmarks/bench_scale.py text-recall --src /tmp/syn1m --index /tmp/idx1m
+
+The synthetic vectors are a Gaussian mixture on the sphere: cluster sizes follow a Zipf law, each
+cluster is a centre plus an anisotropic spread (its own decaying variances over the axes of a
+random rotation), all around a shared mean direction (real CLIP embeddings sit in a cone). On
+uniform random vectors IVF recall means nothing; here neighbours are clustered as in real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class Mixture:
+    """The generator: ``sample(rng, n)`` draws ``n`` unit vectors of dimension ``dim``."""
+
+    def __init__(self, dim: int, clusters: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        mean = rng.standard_normal(dim)
+        mean /= np.linalg.norm(mean)
+        centres = rng.standard_normal((clusters, dim)) / np.sqrt(dim)
+        self.centres = (0.6 * mean + centres).astype(np.float32)
+        # Anisotropic clusters: each has its own decaying spread over the axes of one shared
+        # random rotation (a few directions carry most of a cluster's variance).
+        self.rotation = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
+        spectrum = 0.5 / np.arange(1, dim + 1) ** 0.8
+        self.spreads = np.stack([rng.permutation(spectrum) for _ in range(clusters)])
+        self.spreads = self.spreads.astype(np.float32)
+        weights = 1.0 / np.arange(1, clusters + 1) ** 0.7  # Zipf-like cluster sizes
+        self.weights = weights / weights.sum()
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        out = np.empty((n, self.centres.shape[1]), np.float32)
+        for start in range(0, n, 65_536):
+            m = min(65_536, n - start)
+            c = rng.choice(len(self.weights), size=m, p=self.weights)
+            z = rng.standard_normal((m, self.centres.shape[1]), dtype=np.float32)
+            x = self.centres[c] + (z * self.spreads[c]) @ self.rotation
+            out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return out
+
+
+def _provenance(model: str) -> tuple[dict, str]:
+    from models.encoder import Encoder
+
+    encoder = Encoder.load(model, None, "cpu")
+    return encoder.provenance.to_dict(), repr(encoder.preprocess)
+
+
+def gen(args: argparse.Namespace) -> None:
+    """Write ``--n`` synthetic vectors as embedding shards, one shard in memory at a time."""
+    from indexer import shards as sh
+
+    model, preprocess = _provenance(args.model)
+    sh.open_for_writing(args.out, model, preprocess)
+    mixture = Mixture(int(model["dim"]), args.clusters)
+    start = sum(
+        len(sh.read_shard(args.out, sh.IMAGES, i, int(model["dim"])).meta)
+        for i in sh.finished(args.out, sh.IMAGES)
+    )
+    t0 = time.perf_counter()
+    i = sh.next_shard(args.out, sh.IMAGES)
+    while start < args.n:
+        n = min(args.shard_size, args.n - start)
+        vectors = mixture.sample(np.random.default_rng(1000 + i), n)
+        paths = [f"/synthetic/{k // 1000:07d}/{k:09d}.jpg" for k in range(start, start + n)]
+        rows = {
+            "path": paths,
+            "sha256": [f"{k:064x}" for k in range(start, start + n)],
+            "size": [100_000] * n,
+            "mtime_ns": [0] * n,
+            "width": [640] * n,
+            "height": [480] * n,
+        }
+        sh.write_shard(args.out, sh.IMAGES, i, vectors, rows)
+        start += n
+        i += 1
+        print(f"{start} vectors in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _parts(src: Path) -> list:
+    """Every image shard of ``src`` as an on-disk builder part whose ids are row numbers."""
+    from indexer import ondisk
+    from indexer import shards as sh
+
+    parts, offset = [], 0
+    for i in sh.finished(src, sh.IMAGES):
+        vectors = np.load(sh.IMAGES.emb(src, i), mmap_mode="r")
+        parts.append(ondisk.Part(f"shard-{i}", vectors, np.arange(offset, offset + len(vectors))))
+        offset += len(vectors)
+    return parts
+
+
+def _exact(src: Path, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k row numbers over every shard of ``src`` (in shard order), streamed."""
+    from indexer import ondisk
+
+    parts = _parts(src)
+    return ondisk._exact(parts, [np.ones(len(p.ids), bool) for p in parts], queries, k)
+
+
+def _paths_to_rows(index, ids: np.ndarray) -> np.ndarray:
+    """Catalog ids → the synthetic row numbers their paths encode."""
+    rows = index.catalog.rows([int(i) for i in np.unique(ids[ids >= 0])])
+    table = {i: int(Path(r.path).stem) for i, r in rows.items()}
+    return np.vectorize(lambda i: table.get(int(i), -1))(ids)
+
+
+def build(args: argparse.Namespace) -> None:
+    """Build the index, then per nprobe: single-query p50 and recall@10 of held-out queries.
+
+    ``--faiss-only`` builds the on-disk IVF-PQ straight from the shards (ids = row numbers),
+    leaving out the catalog import (SQLite, measured separately at 1M)."""
+    import faiss
+
+    from indexer import Index, ondisk
+    from indexer import faiss_index as fx
+    from indexer.from_shards import index_from_embeddings
+
+    t0 = time.perf_counter()
+    index = None
+    if args.faiss_only:
+        parts = _parts(args.src)
+        alive = np.arange(sum(len(p.ids) for p in parts))
+        dim = parts[0].vectors.shape[1]
+        args.index.mkdir(parents=True, exist_ok=True)
+        state = ondisk.build(args.index, parts, alive, np.zeros((0, dim), np.float32), 1, 0.95)
+        summary = f"on-disk {state.spec.factory()} over {state.ntotal} vectors"
+    else:
+        report = index_from_embeddings(args.src, args.index, ondisk_threshold=args.ondisk_threshold)
+        index = Index.open(args.index, lazy=True)
+        state = index._state("image")
+        summary = report.summary()
+    build_s = time.perf_counter() - t0
+    rss = _peak_rss_mib()
+    print(f"{summary}; build {build_s:.0f} s, peak RSS {rss:.0f} MiB", flush=True)
+    mixture = Mixture(int(state.index.d), args.clusters)
+    queries = mixture.sample(np.random.default_rng(7), args.queries)  # not in the index
+    t1 = time.perf_counter()
+    truth = _exact(args.src, queries, 10)
+    exact_s = time.perf_counter() - t1
+    faiss.omp_set_num_threads(1)
+    values = [v for v in args.nprobe if v <= state.spec.nlist] if state.spec.trained else [0]
+    rows = []
+    for value in values:
+        lat, got = [], []
+        for q in queries:
+            s = time.perf_counter()
+            _, ids = fx.search(state.index, state.spec, value, q[None], 10)
+            lat.append(time.perf_counter() - s)
+            got.append(ids[0])
+        got_rows = np.asarray(got) if index is None else _paths_to_rows(index, np.asarray(got))
+        recall = fx.recall_at_k(got_rows, truth, np.full(len(queries), -1), 10)
+        rows.append((value, round(float(np.median(lat)) * 1000, 3), round(recall, 4)))
+        print(f"nprobe {value}: p50 {rows[-1][1]:.2f} ms, recall@10 {recall:.3f}", flush=True)
+    print(
+        json.dumps(
+            {
+                "vectors": state.ntotal,
+                "factory": state.spec.factory(),
+                "ondisk": bool(state.info.get("ondisk")),
+                "build_s": round(build_s, 1),
+                "train_s": state.info.get("train_s"),
+                "fill_s": state.info.get("fill_s"),
+                "peak_rss_mib": round(rss),
+                "index_recall@10": state.info.get("recall@10"),
+                "index_nprobe": state.value,
+                "exact_scan_s": round(exact_s, 1),
+                "curve": rows,
+            }
+        )
+    )
+    if index is not None:
+        index.close()
+
+
+def text_recall(args: argparse.Namespace) -> None:
+    """Recall@10 of text queries searched as the service searches them, against exact search."""
+    from indexer import Index
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_service import queries as service_queries
+
+    index = Index.open(args.index)
+    texts = service_queries(1)[: args.queries]
+    vectors = index.encoder.encode_texts(texts)
+    truth = _exact(args.src, vectors, 10)
+    hits = index.search_vectors(vectors, 10)
+    got = np.array([[int(Path(h.path).stem) for h in row] + [-1] * (10 - len(row)) for row in hits])
+    from indexer import faiss_index as fx
+
+    recall = fx.recall_at_k(got, truth, np.full(len(texts), -1), 10)
+    state = index._state("image")
+    print(
+        f"text queries: {len(texts)}, index {state.spec.factory()} nprobe {state.value}: "
+        f"recall@10 {recall:.3f}"
+    )
+    index.close()
+
+
+def engines(args: argparse.Namespace) -> None:
+    """``clipsearch embed`` on the same images with each engine, one run each."""
+    from indexer.embed import EmbedOptions, embed_images
+    from indexer.scan import scan
+
+    files = [f.path for f in scan([args.images]).files if f.reason is None][: args.n]
+    work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    subset = work / "images"
+    subset.mkdir()
+    for k, p in enumerate(files):
+        (subset / f"{k:06d}{Path(p).suffix}").symlink_to(p)
+    base = {"model": args.model, "precision": args.precision, "batch_size": args.batch_size}
+    try:
+        results = {}
+        for engine in ("local", "ray"):
+            extra = {"actor_threads": args.actor_threads} if engine == "ray" else {}
+            opts = EmbedOptions(engine=engine, **base, **extra)
+            t0 = time.perf_counter()
+            report = embed_images([subset], work / engine, opts)
+            results[engine] = time.perf_counter() - t0
+            print(f"{engine}: {report.summary()}; {results[engine]:.1f} s wall", flush=True)
+        print(
+            f"ray / local wall time: {results['ray'] / results['local']:.2f} ({len(files)} images)"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("gen")
+    g.add_argument("--n", type=int, required=True)
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--shard-size", type=int, default=250_000)
+    for q in (g, b := sub.add_parser("build")):
+        q.add_argument("--clusters", type=int, default=4096)
+    g.add_argument("--model", default="clipsearch-flickr8k")
+    b.add_argument("--src", type=Path, required=True)
+    b.add_argument("--index", type=Path, required=True)
+    b.add_argument("--ondisk-threshold", type=int, default=2_000_000)
+    b.add_argument("--faiss-only", action="store_true", help="no catalog: the on-disk FAISS build")
+    b.add_argument("--queries", type=int, default=200)
+    b.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 32, 64, 128, 256])
+    t = sub.add_parser("text-recall")
+    t.add_argument("--src", type=Path, required=True)
+    t.add_argument("--index", type=Path, required=True)
+    t.add_argument("--queries", type=int, default=200)
+    e = sub.add_parser("engines")
+    e.add_argument("--images", type=Path, required=True)
+    e.add_argument("--n", type=int, default=256)
+    e.add_argument("--model", default="clipsearch-flickr8k")
+    e.add_argument("--precision", default="fp32")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--actor-threads", type=int, default=2)
+    args = p.parse_args()
+    {"gen": gen, "build": build, "text-recall": text_recall, "engines": engines}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The Ray engine of ``clipsearch embed``: Ray Data decode tasks feeding an encoder actor pool.
+
+The job's file list becomes a dataset of (pos, path) blocks; ``_decode_batch`` runs as stateless
+tasks wherever the cluster has CPUs (reading, hashing, decoding and preprocessing with the
+indexer's own code, so bad files get the same reasons); ``ImageEncoderActor`` holds the model once
+per actor and encodes the decoded batches: one GPU per actor when the cluster has GPUs, else
+``actor_threads`` CPU threads each. Results stream back to this process, which writes shards.
+
+Files are read by path on whichever node runs the task: on a multi-node cluster the sources must
+be on storage every node mounts at the same path (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from indexer.embed import EmbedOptions, Result
+from indexer.errors import IndexError_
+from indexer.pipeline import DecodeDataset
+from indexer.scan import Found
+from indexer.texts import sha256_text
+from models.encoder import Encoder
+
+log = logging.getLogger(__name__)
+BLOCK_BATCHES = 4  # encoder batches per input block: enough blocks for every decode task
+# Decoding needs a fraction of a core per image stream; a reservation unlike the actors' also keeps
+# Ray from fusing decode into the encoder actors, so decode tasks run beside them.
+DECODE_CPUS = 0.5
+
+
+def _connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` (or start a local one); True if this call started Ray."""
+    try:
+        import ray
+    except ImportError:
+        raise IndexError_(
+            "the ray engine needs Ray: pip install 'ray[data]' (or use --engine local)"
+        ) from None
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise IndexError_(
+            f"cannot reach a Ray cluster at {address or 'a new local instance'}: {e}; start one "
+            "with 'ray start --head' or leave out --address to run Ray on this machine"
+        ) from e
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return True
+
+
+def _actor_resources(opts: EmbedOptions) -> tuple[dict[str, Any], int | None]:
+    """(Ray resources of one encoder actor, torch threads it should use)."""
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0) >= 1 and opts.device in ("auto", "cuda"):
+        return {"num_gpus": 1}, None
+    threads = opts.actor_threads or 1
+    return {"num_cpus": 1}, threads
+
+
+def _decode_batch(
+    batch: dict[str, np.ndarray],
+    preprocess: Callable[[Any], Any],
+    max_pixels: int,
+    image_size: int,
+) -> dict[str, np.ndarray]:
+    """Read, hash, decode and preprocess a batch of paths (a Ray Data task)."""
+    paths = [str(p) for p in batch["path"]]
+    dataset = DecodeDataset(paths, preprocess, max_pixels, image_size)
+    samples = [dataset[i] for i in range(len(paths))]
+    shape = next((tuple(t.shape) for _, t in samples if t is not None), (3, image_size, image_size))
+    pixels = np.zeros((len(paths), *shape), np.float32)
+    for k, (_, tensor) in enumerate(samples):
+        if tensor is not None:
+            pixels[k] = tensor.numpy()
+    items = [item for item, _ in samples]
+    return {
+        "pos": batch["pos"],
+        "pixels": pixels,
+        "ok": np.array([item.reason is None for item in items]),
+        "sha256": np.array([item.sha256 or "" for item in items], dtype=object),
+        "width": np.array([item.width or 0 for item in items], np.int32),
+        "height": np.array([item.height or 0 for item in items], np.int32),
+        "reason": np.array([item.reason or "" for item in items], dtype=object),
+        "detail": np.array([item.detail for item in items], dtype=object),
+    }
+
+
+class _EncoderActor:
+    """One model per actor, on its GPU when Ray gave it one."""
+
+    def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu"
+        self.encoder = Encoder.load(opts.model, opts.pretrained, device, opts.precision)
+
+
+class ImageEncoderActor(_EncoderActor):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        ok = np.asarray(batch["ok"], dtype=bool)
+        vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
+        if ok.any():
+            vectors[ok] = self.encoder.encode_image_tensor(torch.from_numpy(batch["pixels"][ok]))
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out["embedding"] = vectors
+        return out
+
+
+class TextEncoderActor(_EncoderActor):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = [str(t) for t in batch["text"]]
+        vectors = self.encoder.encode_texts(texts, batch_size=max(1, len(texts)))
+        return {"pos": batch["pos"], "embedding": vectors}
+
+
+def _blocks(columns: dict[str, list], rows_per_block: int) -> Any:
+    import pyarrow as pa
+    import ray
+
+    table = pa.table(columns)
+    tables = [
+        table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)
+    ]
+    return ray.data.from_arrow(tables)
+
+
+def _run(dataset: Any, actor: type, opts: EmbedOptions) -> Iterator[dict[str, np.ndarray]]:
+    resources, threads = _actor_resources(opts)
+    import ray
+
+    encoded = dataset.map_batches(
+        actor,
+        fn_constructor_args=(opts, threads),
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=opts.pool_size),
+        **resources,
+    )
+    yield from encoded.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def ray_image_results(
+    todo: Sequence[Found],
+    decodable: list[int],
+    encoder: Encoder,
+    opts: EmbedOptions,
+    max_pixels: int,
+) -> Iterator[Result]:
+    """Results for ``todo[p]``, ``p`` in ``decodable``, computed on the Ray cluster."""
+    import ray
+
+    started = _connect(opts.address)
+    try:
+        data = _blocks(
+            {"pos": decodable, "path": [todo[p].path for p in decodable]},
+            opts.batch_size * BLOCK_BATCHES,
+        )
+        decoded = data.map_batches(
+            _decode_batch,
+            fn_args=(encoder.preprocess, max_pixels, encoder.image_size),
+            batch_size=opts.batch_size,
+            batch_format="numpy",
+            num_cpus=DECODE_CPUS,
+        )
+        for batch in _run(decoded, ImageEncoderActor, opts):
+            for k, pos in enumerate(batch["pos"]):
+                if batch["ok"][k]:
+                    yield Result(
+                        int(pos),
+                        batch["embedding"][k],
+                        str(batch["sha256"][k]),
+                        int(batch["width"][k]),
+                        int(batch["height"][k]),
+                    )
+                else:
+                    yield Result(
+                        int(pos), reason=str(batch["reason"][k]), detail=str(batch["detail"][k])
+                    )
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def ray_text_results(todo: Sequence[str], opts: EmbedOptions) -> Iterator[Result]:
+    """Results for each text of ``todo``, encoded by the actor pool."""
+    import ray
+
+    started = _connect(opts.address)
+    try:
+        data = _blocks(
+            {"pos": list(range(len(todo))), "text": list(todo)},
+            opts.batch_size * BLOCK_BATCHES,
+        )
+        for batch in _run(data, TextEncoderActor, opts):
+            for k, pos in enumerate(batch["pos"]):
+                yield Result(int(pos), batch["embedding"][k], sha256_text(todo[int(pos)]))
+    finally:
+        if started:
+            ray.shutdown()

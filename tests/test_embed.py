@@ -1,0 +1,136 @@
+"""``clipsearch embed`` (local and Ray engines) and ``index --from-embeddings`` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from synthetic import make_dataset
+from typer.testing import CliRunner
+
+import app.cli
+from indexer import Index
+from indexer import shards as sh
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+TINY = ["--model", "clipsearch-tiny", "--pretrained", "none"]
+DIM = 32
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(app.cli.app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _read(root: Path, modality: sh.Modality = sh.IMAGES) -> tuple[list[str], np.ndarray, list]:
+    """(paths or texts, vectors, skipped rows) over every finished shard, in shard order."""
+    key = "path" if modality is sh.IMAGES else "text"
+    names, vectors, skipped = [], [], []
+    for i in sh.finished(root, modality):
+        shard = sh.read_shard(root, modality, i, DIM)
+        names += shard.meta.column(key).to_pylist()
+        vectors.append(np.asarray(shard.vectors))
+        if shard.skipped is not None:
+            skipped += shard.skipped.to_pylist()
+    return names, np.concatenate(vectors), skipped
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("embed")
+    make_dataset(root / "data", n=10, size=40)
+    (root / "data" / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (root / "data" / "images" / "empty.png").write_bytes(b"")
+    return root
+
+
+@pytest.mark.slow
+def test_ray_engine_matches_the_local_one(folder: Path) -> None:
+    ray = pytest.importorskip("ray")
+    common = [*TINY, "--batch-size", "4", "--shard-size", "5", "-q"]
+    _cli("embed", folder / "data", "--out", folder / "local", "--workers", "0", *common)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = _cli("embed", folder / "data", "--out", folder / "ray", "--engine", "ray", *common)
+    finally:
+        ray.shutdown()
+    assert "wrote 3 shards" in out and "skipped 2 (corrupt 1, empty 1)" in out
+    local_paths, local_vectors, local_skipped = _read(folder / "local")
+    ray_paths, ray_vectors, ray_skipped = _read(folder / "ray")
+    assert ray_paths == local_paths and len(local_paths) == 10
+    np.testing.assert_allclose(ray_vectors, local_vectors, atol=1e-5)
+    assert np.allclose(np.linalg.norm(ray_vectors, axis=1), 1, atol=1e-5)
+    assert ray_skipped == local_skipped
+    assert {r["reason"] for r in ray_skipped} == {"corrupt", "empty"}
+
+
+def test_embed_resumes_and_skips_finished_shards(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    args = ["embed", folder / "data", "--out", out, *TINY, "--shard-size", "4", "--workers", "0"]
+    first = json.loads(_cli(*args, "--json"))
+    assert first["shards"] == [0, 1, 2] and first["indexed"] == 10 and first["skipped"] == 2
+    names, vectors, _ = _read(out)
+    # A run killed before shard 2's metadata (its commit point) was written:
+    sh.IMAGES.meta(out, 2).unlink()
+    again = json.loads(_cli(*args, "--json"))
+    # Its leftover vectors were dropped and its files embedded again (under the free number).
+    assert again["shards"] == [2] and again["unchanged"] == 8 and again["indexed"] == 2
+    names2, vectors2, _ = _read(out)
+    assert sorted(names2) == sorted(names)
+    np.testing.assert_allclose(vectors2[np.argsort(names2)], vectors[np.argsort(names)], atol=1e-6)
+    meta = pq.read_table(sh.IMAGES.meta(out, 0)).to_pylist()[0]
+    assert set(meta) == {"path", "sha256", "size", "mtime_ns", "width", "height"}
+    assert meta["size"] == Path(meta["path"]).stat().st_size and len(meta["sha256"]) == 64
+    assert json.loads(_cli(*args, "--json"))["shards"] == []  # nothing left to do
+
+
+def test_embed_refuses_another_model(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    _cli("embed", folder / "data", "--out", out, *TINY, "--workers", "0", "-q")
+    result = CliRunner().invoke(
+        app.cli.app,
+        ["embed", str(folder / "data"), "--out", str(out), "--model", "clipsearch-flickr8k"],
+    )
+    assert result.exit_code != 0 and "come from clipsearch-tiny" in str(result.exception)
+
+
+def test_index_from_embeddings_is_incremental(folder: Path, tmp_path: Path) -> None:
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    captions = folder / "data" / "captions.csv"
+    _cli("embed", folder / "data", "--out", emb, *TINY, "--workers", "0", "-q")
+    _cli("embed-text", captions, "--out", emb, *TINY, "--shard-size", "4", "-q")
+    texts, text_vectors, _ = _read(emb, sh.TEXTS)
+    assert len(texts) == 10
+    report = json.loads(_cli("index", "--from-embeddings", emb, "--index", idx, "--json"))
+    assert (report["indexed"], report["skipped"], report["embedded"]) == (20, 2, 0)
+    with Index.open(idx) as index:
+        assert index.stats()["images"] == 10 and index.stats()["texts"] == 10
+        # A stored vector finds its own image first; the catalog holds the shard's vectors.
+        paths, vectors, _ = _read(emb)
+        hit = index.search_vector(vectors[3], k=1)[0]
+        assert hit.path == paths[3] and hit.score == pytest.approx(1.0, abs=1e-5)
+        assert index.search_vector(text_vectors[0], k=1, target="texts")[0].text == texts[0]
+    assert (
+        json.loads(_cli("index", "--from-embeddings", emb, "--index", idx, "--json"))["unchanged"]
+        == 20
+    )
+    # New images → one new shard → only it is imported.
+    make_dataset(folder / "more", n=3, size=40)
+    _cli("embed", folder / "more" / "images", "--out", emb, *TINY, "--workers", "0", "-q")
+    report = json.loads(_cli("index", "--from-embeddings", emb, "--index", idx, "--json"))
+    assert (report["indexed"], report["unchanged"]) == (3, 20)
+    with Index.open(idx, lazy=True) as index:
+        assert index.stats()["images"] == 13
+
+
+def test_index_needs_paths_or_embeddings(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app.cli.app, ["index", "--index", str(tmp_path / "i")])
+    assert result.exit_code != 0 and "--from-embeddings" in str(result.exception)
+    result = CliRunner().invoke(
+        app.cli.app, ["index", "--from-embeddings", str(tmp_path), "--index", str(tmp_path / "i")]
+    )
+    assert result.exit_code != 0 and "clipsearch embed" in str(result.exception)
