@@ -81,12 +81,13 @@ def create_app(settings: Settings | None = None, index: Any | None = None) -> Fa
 
     # Outermost last: metrics see every request, including refused bodies and CORS preflights.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["*"],
-        allow_headers=["*"],
-        expose_headers=["ETag"],
-    )
+    if settings.cors_origins:  # off by default: other sites' pages must not read this API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization"],
+            expose_headers=["ETag"],
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

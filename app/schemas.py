@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Target = Literal["images", "texts"]
+# Catalog ids are SQLite INTEGERs (signed 64-bit) handed out from 1.
+ItemId = Annotated[int, Field(ge=0, le=2**63 - 1, description="An item id of the index.")]
 
 
 class SearchFilter(BaseModel):
@@ -20,7 +22,7 @@ class SearchFilter(BaseModel):
 class _SearchBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(10, ge=1, description="How many hits; at most the server's max_k.")
+    k: int = Field(10, ge=1, strict=True, description="How many hits; at most the server's max_k.")
     target: Target = Field("images", description="Search the images or the texts of the index.")
     filter: SearchFilter | None = None
 
@@ -35,7 +37,7 @@ class TextSearchRequest(_SearchBase):
 
 class ImageSearchRequest(_SearchBase):
     image: str | None = Field(None, description="The query image as base64 (a data: URL is fine).")
-    image_id: int | None = Field(None, description="Search by an image already in the index.")
+    image_id: ItemId | None = Field(None, description="Search by an image already in the index.")
 
 
 class VectorSearchRequest(_SearchBase):

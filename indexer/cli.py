@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from indexer.errors import QueryError
+from indexer.errors import IndexError_, QueryError, ScanError
 from indexer.index import Index
 from indexer.layout import INDEX_TYPES
 from indexer.results import IndexReport
@@ -48,7 +48,7 @@ def index_command(
     index: Path = INDEX_OPT,
     model: str | None = MODEL_OPT,
     pretrained: str | None = PRETRAINED_OPT,
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder batch."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder batch."),
     workers: int | None = typer.Option(
         None,
         "--workers",
@@ -79,7 +79,12 @@ def index_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Index images incrementally: new and changed files are embedded, deleted ones dropped."""
-    idx = Index.create(
+    if batch_size < 1:
+        raise IndexError_(f"--batch-size must be at least 1, not {batch_size}")
+    for path in paths:  # before the index directory is made
+        if not path.exists():
+            raise ScanError(f"cannot index {path}: no such file or folder")
+    idx = Index.open_or_create(
         index,
         model=model,
         pretrained=pretrained,
@@ -97,6 +102,8 @@ def index_command(
     finally:
         idx.close()
     _print_report(report, as_json, verbose)
+    if not (report.indexed or report.unchanged or report.renamed or report.skipped_files):
+        typer.echo(f"warning: no image files found under {', '.join(map(str, paths))}", err=True)
 
 
 @app.command("index-text")
@@ -115,7 +122,7 @@ def index_text_command(
 ) -> None:
     """Add a text corpus in the same space, for image→text search (--target texts)."""
     texts = read_corpus(file, column)
-    idx = Index.create(
+    idx = Index.open_or_create(
         index,
         model=model,
         pretrained=pretrained,

@@ -17,10 +17,13 @@ publish a new state, so readers holding the old one are never disturbed.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,8 +32,15 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.errors import IndexError_, IndexFormatError
-from indexer.layout import IndexSettings, atomic_write_bytes, checkpoint_paths, fsync_dir, tmp_name
+from indexer.errors import DiskFullError, IndexError_, IndexFormatError
+from indexer.layout import (
+    INDEX_TYPES,
+    IndexSettings,
+    atomic_write_bytes,
+    checkpoint_paths,
+    fsync_dir,
+    tmp_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +131,26 @@ def parse_bytes(value: str | int | None) -> int | None:
         raise IndexError_(
             f"cannot read {value!r} as a memory size; write it like 512M, 2G or 2147483648"
         ) from None
+
+
+def updated_settings(
+    base: IndexSettings, index_type: str | None, opts: dict[str, Any]
+) -> IndexSettings:
+    """``base`` with the given options (None keeps a value); refuses an unknown index type."""
+    s = IndexSettings(**vars(base))
+    if index_type is not None:
+        if index_type not in INDEX_TYPES:
+            raise IndexError_(
+                f"index type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}"
+            )
+        s.type = index_type
+    if opts.get("max_memory") is not None:
+        s.max_memory = parse_bytes(opts["max_memory"])
+    if opts.get("flat_threshold") is not None:
+        s.flat_threshold = int(opts["flat_threshold"])
+    if opts.get("recall_target") is not None:
+        s.recall_target = float(opts["recall_target"])
+    return s
 
 
 def choose_spec(settings: IndexSettings, n: int, dim: int, budget: int | None = None) -> Spec:
@@ -410,28 +440,49 @@ def apply_delta(
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _disk_full(directory: Path, e: BaseException) -> DiskFullError:
+    return DiskFullError(
+        f"the disk holding {directory} is full ({e}): free some space and run again; the "
+        "catalog's rows are committed and the FAISS index is rebuilt from them on the next run"
+    )
+
+
 def save_checkpoint(directory: Path, state: FaissState) -> Path:
-    """Write ``<kind>.<gen>.json`` then ``<kind>.<gen>.faiss`` (tmp → fsync → rename each)."""
+    """Write ``<kind>.<gen>.faiss`` to a temporary name, then its ``.json`` (with the file's
+    SHA-256, so damage is detected), then rename the FAISS file: it is the commit point."""
     faiss_path, info_path = checkpoint_paths(directory, state.kind, state.gen)
-    meta = {
-        "kind": state.kind,
-        "generation": state.gen,
-        "spec": state.spec.to_dict(),
-        "value": state.value,
-        "vectors": state.ntotal,
-        "dim": int(state.index.d),
-        "info": state.info,
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_bytes(info_path, (json.dumps(meta, indent=2) + "\n").encode())
     tmp = tmp_name(faiss_path)
     try:
         faiss.write_index(state.index, str(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        meta = {
+            "kind": state.kind,
+            "generation": state.gen,
+            "spec": state.spec.to_dict(),
+            "value": state.value,
+            "vectors": state.ntotal,
+            "dim": int(state.index.d),
+            "sha256": _file_sha256(tmp),
+            "info": state.info,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_bytes(info_path, (json.dumps(meta, indent=2) + "\n").encode())
         os.replace(tmp, faiss_path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(directory, e) from e
+        if isinstance(e, RuntimeError) and shutil.disk_usage(directory).free < (64 << 20):
+            raise _disk_full(directory, e) from e  # FAISS reports a short fwrite this way
         raise
     fsync_dir(directory)
     return faiss_path
@@ -442,16 +493,32 @@ def read_checkpoint_info(directory: Path, kind: str, gen: int) -> dict[str, Any]
     return json.loads(info_path.read_text())
 
 
-def load_checkpoint(directory: Path, kind: str, gen: int, dim: int) -> FaissState:
+def verify_checkpoint(directory: Path, kind: str, gen: int) -> dict[str, Any]:
+    """The checkpoint's description, once its FAISS file matches the SHA-256 recorded for it."""
     faiss_path, _ = checkpoint_paths(directory, kind, gen)
     try:
         meta = read_checkpoint_info(directory, kind, gen)
-        spec = Spec.from_dict(meta["spec"])
-        index = faiss.read_index(str(faiss_path))
+        Spec.from_dict(meta["spec"])
     except FileNotFoundError:
         raise
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise IndexFormatError(f"{faiss_path} is damaged ({e})") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise IndexFormatError(f"{faiss_path.with_suffix('.json')} is damaged ({e})") from e
+    expected = meta.get("sha256")
+    if expected is not None and _file_sha256(faiss_path) != expected:
+        raise IndexFormatError(f"{faiss_path} is damaged (its SHA-256 differs from when written)")
+    return meta
+
+
+def load_checkpoint(directory: Path, kind: str, gen: int, dim: int) -> FaissState:
+    faiss_path, _ = checkpoint_paths(directory, kind, gen)
+    meta = verify_checkpoint(directory, kind, gen)
+    spec = Spec.from_dict(meta["spec"])
+    try:
+        index = faiss.read_index(str(faiss_path))
+    except RuntimeError as e:
+        if not faiss_path.exists():
+            raise FileNotFoundError(faiss_path) from e
+        raise IndexFormatError(f"{faiss_path} is damaged ({str(e).splitlines()[0]})") from e
     if index.d != dim:
         raise IndexFormatError(f"{faiss_path} holds vectors of dim {index.d}, the index {dim}")
     value = int(meta.get("value", 0))

@@ -61,7 +61,7 @@ def assert_one_vector_per_file(index, good: list[Path]) -> None:
     assert paths == sorted(str(p) for p in good)
     assert all(r[4] for r in rows)
     ids = sorted(r[0] for r in rows)
-    state = index._state("image")
+    state = index._faiss.state("image")
     assert state.ntotal == len(good)
     inner = state.index
     if hasattr(inner, "id_map"):
