@@ -79,7 +79,22 @@ def decode_image(
         raise ApiError(
             400, "corrupt_image", f"the image could not be decoded ({image.format}): {e}"
         ) from e
-    return to_rgb(image)
+    return to_rgb(_reduced(image, draft) if draft else image)
+
+
+def _reduced(image: Image.Image, size: int) -> Image.Image:
+    """An image far larger than the model's input, box-reduced by a whole factor to at least
+    twice that size (what JPEG draft does while decoding), so that the conversions after it
+    copy a small image, not a 120 MB one."""
+    factor = min(image.size) // (2 * size)
+    if factor < 2:
+        return image
+    if image.mode == "1":
+        image = image.convert("L")
+    try:
+        return image.reduce(factor)
+    except ValueError:  # a mode reduce does not take (P, CMYK...): converted at full size
+        return image
 
 
 def open_checked(data: bytes, max_pixels: int) -> Image.Image:
