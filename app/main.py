@@ -20,7 +20,7 @@ from app.limits import BodyLimitMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import compat, embed, health, images, search
 from app.routes import index as index_routes
-from app.schemas import add_body_schemas
+from app.schemas import add_body_schemas, state_limits
 from app.service import SearchService
 from app.settings import Settings
 from app.thumbnails import ThumbnailCache
@@ -53,7 +53,11 @@ def create_app(settings: Settings | None = None, index: Any | None = None) -> Fa
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_body_schemas(default_openapi())
+            dim = service.index.dim if service.ready else None
+            schema = state_limits(add_body_schemas(default_openapi()), settings, dim)
+            # Kept once the index is loaded (the vector's length is known from then on).
+            app.openapi_schema = schema if dim is not None else None
+            return schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

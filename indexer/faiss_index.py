@@ -31,6 +31,8 @@ from typing import Any
 
 import faiss
 import numpy as np
+from faiss.contrib.evaluation import knn_intersection_measure
+from faiss.contrib.exhaustive_search import knn
 
 from indexer.errors import DiskFullError, IndexError_, IndexFormatError
 from indexer.layout import (
@@ -240,28 +242,26 @@ def search(
 def exact_topk(db: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Ids of the exact top ``k`` by inner product, (n, k) (-1 padded)."""
     out = np.full((len(queries), k), -1, dtype=np.int64)
-    if len(db) == 0:
-        return out
-    kk = min(k, len(db))
-    for start in range(0, len(queries), 64):
-        sims = queries[start : start + 64] @ db.T
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        out[start : start + 64, :kk] = db_ids[np.take_along_axis(top, order, axis=1)]
+    if len(db):
+        _, rows = knn(queries, db, min(k, len(db)), metric=faiss.METRIC_INNER_PRODUCT)
+        out[:, : rows.shape[1]] = db_ids[rows]
     return out
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray, self_ids: np.ndarray, k: int) -> float:
-    """Mean share of the exact top ``k`` found by ``approx`` (a query's own id is not counted)."""
-    if len(approx) == 0:
+    """Share of the exact top ``k`` that ``approx`` found (faiss.contrib's intersection
+    measure), a query's own id left out of both."""
+
+    def top(table: np.ndarray, pad: int) -> np.ndarray:
+        pairs = zip(table, self_ids, strict=True)
+        rows = [[i for i in r if i >= 0 and i != own][:k] for r, own in pairs]
+        return np.array([r + [pad] * (k - len(r)) for r in rows], dtype=np.int64).reshape(-1, k)
+
+    truth = top(exact, -2)  # distinct pads: padding never counts as found
+    found = int((truth >= 0).sum())
+    if found == 0:
         return 1.0
-    scores = []
-    for a, e, own in zip(approx, exact, self_ids, strict=True):
-        a_ids = [i for i in a if i >= 0 and i != own][:k]
-        e_ids = [i for i in e if i >= 0 and i != own][:k]
-        if e_ids:
-            scores.append(len(set(a_ids) & set(e_ids)) / len(e_ids))
-    return float(np.mean(scores)) if scores else 1.0
+    return knn_intersection_measure(top(approx, -3), truth) * truth.size / found
 
 
 # -- building ------------------------------------------------------------------------------------

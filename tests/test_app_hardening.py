@@ -222,3 +222,12 @@ def test_decode_floods_add_under_500_mb_to_the_served_process(index, tmp_path: P
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_openapi_states_the_limits(client, index) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    text = schemas["TextSearchRequest"]["properties"]
+    assert text["k"]["maximum"] == 50 and text["query"]["maxLength"] == 1000
+    vector = schemas["VectorSearchRequest"]["properties"]["vector"]
+    assert vector["minItems"] == vector["maxItems"] == index.dim
+    assert schemas["EmbedTextRequest"]["properties"]["texts"]["maxItems"] == 64
