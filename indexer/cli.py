@@ -207,8 +207,12 @@ def info_command(
         for key in ("nprobe", "efSearch"):
             if key in d:
                 extra.append(f"{key} {d[key]}")
-        if not d.get("up_to_date"):
-            extra.append("stale: rebuilt on next open")
+        if target in stats["damaged"]:
+            extra.append(
+                "checkpoint DAMAGED: searches rebuild it in memory, the next write saves it"
+            )
+        elif not d.get("up_to_date"):
+            extra.append("stale: brought current in memory on open, saved by the next write")
         lines.append(
             f"{target:<10} {d.get('factory') or d.get('type')}, {d.get('vectors', 0)} vectors"
             + (f" ({', '.join(extra)})" if extra else "")

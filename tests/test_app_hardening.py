@@ -7,7 +7,6 @@ import io
 import json
 import random
 import shutil
-import sqlite3
 import string
 import threading
 import time
@@ -18,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from test_app_support import API_KEY, app_for, build_index, is_error, png_bytes, settings_for
+from test_indexer_support import garble_catalog_pages
 
 from app.main import create_app
 
@@ -143,14 +143,7 @@ def test_knn_with_no_results_asked_returns_none(client) -> None:
 def test_a_damaged_catalog_makes_readyz_503_with_the_reason(index, tmp_path: Path) -> None:
     copy = tmp_path / "index"
     shutil.copytree(index.directory, copy, ignore=shutil.ignore_patterns("write.lock"))
-    catalog = copy / "catalog.sqlite3"
-    with sqlite3.connect(catalog) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        page = conn.execute("PRAGMA page_size").fetchone()[0]
-    data = bytearray(catalog.read_bytes())
-    for start in range(2 * page, len(data), page):
-        data[start : start + page] = b"\x0d" * page
-    catalog.write_bytes(bytes(data))
+    garble_catalog_pages(copy / "catalog.sqlite3")
     with TestClient(create_app(settings_for(copy, reload_interval_s=0))) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and "damaged" in r.json()["detail"], r.text

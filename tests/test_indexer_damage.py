@@ -6,13 +6,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_indexer_support import tiny_encoder, write_images
+from test_indexer_support import garble_catalog_pages, tiny_encoder, write_images
 from typer.testing import CliRunner
 
 import app.cli
@@ -170,6 +169,8 @@ def test_a_damaged_checkpoint_is_reported_and_rebuilt(idx: Path, how: str) -> No
     code, out = _cli("info", "--index", str(idx), "--json")
     assert code == 0, out
     assert "damaged" in out
+    code, out = _cli("info", "--index", str(idx))
+    assert code == 0 and "checkpoint DAMAGED" in out, out
     # A reader searches (rebuilt in memory) and writes nothing.
     before = _listing(idx)
     with Index.open(idx, encoder=tiny_encoder()) as index:
@@ -199,19 +200,8 @@ def test_a_garbled_catalog_header_is_a_one_line_error(idx: Path) -> None:
     assert code == 2 and "damaged" in out and "Traceback" not in out
 
 
-def _garble_pages(catalog: Path) -> None:
-    """Overwrite every page after the first two (schema and meta) with noise."""
-    with sqlite3.connect(catalog) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        page = conn.execute("PRAGMA page_size").fetchone()[0]
-    data = bytearray(catalog.read_bytes())
-    for start in range(2 * page, len(data), page):
-        data[start : start + page] = b"\x0d" * page
-    catalog.write_bytes(bytes(data))
-
-
 def test_a_garbled_catalog_page_is_a_domain_error(idx: Path) -> None:
-    _garble_pages(idx / "catalog.sqlite3")
+    garble_catalog_pages(idx / "catalog.sqlite3")
     with pytest.raises(IndexFormatError, match=r"catalog.*damaged"):  # noqa: SIM117
         with Index.open(idx, encoder=tiny_encoder()) as index:  # opening may find it already
             index.search_text("a red circle", k=12)
