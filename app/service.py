@@ -31,6 +31,7 @@ from models.errors import ClipsearchError
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+DAMAGED_RETRY_S = 60.0  # a damaged catalog is checked again (read whole) this often
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class SearchService:
         self._owns_index = index is None
         self._open_error: str | None = None if index is not None else "the index is not open yet"
         self._damage: str | None = None
+        self._next_open = 0.0  # monotonic time of the next attempt to open a missing index
         self._infer = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-infer")
         self._write = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-write")
         self._io = ThreadPoolExecutor(2, thread_name_prefix="clipsearch-io")
@@ -114,6 +116,8 @@ class SearchService:
             if self._open_error != message:
                 log.warning("index %s not loaded: %s", directory, message)
             self._open_error = message
+            if "damaged" in type(e).__name__.lower():  # reading it all again soon is waste
+                self._next_open = time.monotonic() + DAMAGED_RETRY_S
             return False
         self._open_error = None
         self._tuned(self._index.dim)
@@ -127,7 +131,8 @@ class SearchService:
             await asyncio.sleep(self.settings.reload_interval_s)
             try:
                 if self._index is None:
-                    await self._try_open()
+                    if time.monotonic() >= self._next_open:
+                        await self._try_open()
                 else:
                     await self.reload()
             except Exception:  # keep watching; a half-written index is retried next tick
