@@ -121,11 +121,13 @@ def _init_worker(max_pixels: int, nice: int, _worker_id: int) -> None:
 
 def one_torch_thread_here() -> None:
     """Run torch's parallel regions in the calling thread on one thread, leaving other threads'
-    counts alone. torch and faiss each bundle their own OpenMP runtime (faiss set to 1 thread
-    leaves torch at 2), and torch has no per-thread setting (``torch.set_num_threads`` changes the
-    default of every thread started later), so this calls the per-thread ``omp_set_num_threads``
-    of torch's own runtime, after torch has initialised this thread's count. A torch build
-    without a bundled libgomp (another OpenMP, or none) is left as it is."""
+    counts alone. ``faiss.omp_set_num_threads`` cannot do it: torch and faiss share one OpenMP
+    runtime only when torch is loaded first (each bundles its own), and even then torch sets a
+    thread's count itself on its first parallel op there, undoing an earlier setting (measured:
+    faiss at 1 left torch at 2 in this thread). ``torch.set_num_threads`` would change the
+    default of every thread started later. So this calls the per-thread ``omp_set_num_threads``
+    of torch's own runtime, after torch has initialised this thread. A torch build without a
+    bundled libgomp (another OpenMP, or none) is left as it is."""
     torch.get_num_threads()  # torch sets the thread's count on first use; ours must come after
     runtime = sorted(Path(torch.__file__).parent.glob("lib/libgomp*.so*"))
     if runtime:

@@ -1,5 +1,5 @@
-"""The decode thread runs torch on one thread without touching the encoder's thread count:
-torch and faiss have separate OpenMP runtimes, so faiss's setting would not do it."""
+"""The decode thread runs torch on one thread without touching the encoder's thread count
+(faiss's thread setting never reached torch there: see ``one_torch_thread_here``)."""
 
 from __future__ import annotations
 
