@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import typer
 
@@ -38,6 +39,7 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)
     logging.captureWarnings(True)  # our own warnings (random weights, ...) as one log line
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")  # load chatter
     logging.getLogger("py.warnings").setLevel(logging.WARNING)
     for name in ("models", "indexer", "app"):
         logging.getLogger(name).setLevel(logging.INFO)
@@ -51,7 +53,9 @@ def main() -> None:
     try:
         app()
     except ClipsearchError as e:
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        # One line: some messages end with a library's own multi-line explanation (torch.load).
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        typer.secho(f"error: {first}", err=True, fg=typer.colors.RED)
         sys.exit(2)
 
 

@@ -70,6 +70,12 @@ def error_response(
 def _library_status(exc: ClipsearchError) -> tuple[int, str]:
     """Map a library error to HTTP by its class name, so new indexer errors need no edit here."""
     name = type(exc).__name__.lower()
+    if "damaged" in name:
+        return 503, "index_damaged"
+    if "diskfull" in name:
+        return 507, "disk_full"
+    if "readonly" in name:
+        return 409, "read_only"
     if "notfound" in name or "missing" in name:
         return 404, "not_found"
     if "conflict" in name or "locked" in name or "busy" in name:
@@ -104,6 +110,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ClipsearchError)
     async def _library_error(request: Request, exc: ClipsearchError) -> JSONResponse:
         status, code = _library_status(exc)
+        if code == "index_damaged":
+            request.app.state.service.mark_damaged(str(exc))
         return error_response(status, code, str(exc) or type(exc).__name__)
 
     @app.exception_handler(RequestValidationError)

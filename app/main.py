@@ -21,7 +21,7 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.ports import IndexPort
 from app.routes import compat, embed, health, images, search
 from app.routes import index as index_routes
-from app.schemas import add_body_schemas
+from app.schemas import add_body_schemas, state_limits
 from app.service import SearchService
 from app.settings import Settings
 from app.thumbnails import ThumbnailCache
@@ -54,7 +54,11 @@ def create_app(settings: Settings | None = None, index: IndexPort | None = None)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_body_schemas(default_openapi())
+            dim = service.index.dim if service.ready else None
+            schema = state_limits(add_body_schemas(default_openapi()), settings, dim)
+            # Kept once the index is loaded (the vector's length is known from then on).
+            app.openapi_schema = schema if dim is not None else None
+            return schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -82,12 +86,13 @@ def create_app(settings: Settings | None = None, index: IndexPort | None = None)
 
     # Outermost last: metrics see every request, including refused bodies and CORS preflights.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["*"],
-        allow_headers=["*"],
-        expose_headers=["ETag"],
-    )
+    if settings.cors_origins:  # off by default: other sites' pages must not read this API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization"],
+            expose_headers=["ETag"],
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from indexer.refine import TakenRange
 
 Target = Literal["images", "texts"]
+# Catalog ids are SQLite INTEGERs (signed 64-bit) handed out from 1.
+ItemId = Annotated[int, Field(ge=0, le=2**63 - 1, description="An item id of the index.")]
 
 
 class SearchFilter(BaseModel):
@@ -28,7 +30,7 @@ class SearchFilter(BaseModel):
 class SearchBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(10, ge=1, description="How many hits; at most the server's max_k.")
+    k: int = Field(10, ge=1, strict=True, description="How many hits; at most the server's max_k.")
     target: Target = Field("images", description="Search the images or the texts of the index.")
     filter: SearchFilter | None = None
     min_score: float | None = Field(
@@ -58,7 +60,7 @@ class TextSearchRequest(SearchBase):
 
 class ImageSearchRequest(SearchBase):
     image: str | None = Field(None, description="The query image as base64 (a data: URL is fine).")
-    image_id: int | None = Field(None, description="Search by an image already in the index.")
+    image_id: ItemId | None = Field(None, description="Search by an image already in the index.")
 
 
 class VectorSearchRequest(SearchBase):
@@ -138,13 +140,17 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
+        (400, "A body that cannot be parsed (e.g. malformed multipart)"),
         (401, "A key is needed and none was sent"),
         (403, "The key is wrong, or writes are off"),
         (404, "No such id"),
-        (413, "Upload or image too large"),
+        (409, "Another writer holds the index, or it is read-only"),
+        (413, "Body, upload, image or the request's pixels too large"),
         (415, "Not an image"),
         (422, "Invalid request"),
-        (503, "The index is not loaded yet"),
+        (429, "Too many images waiting to be decoded; retry"),
+        (503, "The index is not loaded yet, or is damaged"),
+        (507, "The disk holding the index is full"),
     )
 }
 
@@ -157,4 +163,42 @@ def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
+    return openapi
+
+
+def state_limits(openapi: dict[str, Any], settings: Any, dim: int | None) -> dict[str, Any]:
+    """Write the server's configured limits into the body schemas (k, query length, batch
+    sizes, the vector's dimension once the index is loaded), so clients and fuzzers see what
+    the server accepts rather than a bare ``integer``; and the errors any route may answer
+    (body caps, busy decoders, a damaged index) into every operation."""
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, response in ERROR_RESPONSES.items():
+                responses.setdefault(
+                    str(status),
+                    {
+                        "description": response["description"],
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorBody"}
+                            }
+                        },
+                    },
+                )
+    schemas = openapi.get("components", {}).get("schemas", {})
+    text = {"maxLength": settings.max_query_chars, "pattern": r"\S"}
+    for schema in schemas.values():
+        props = schema.get("properties", {})
+        if "k" in props:
+            props["k"]["maximum"] = settings.max_k
+        if "query" in props:
+            props["query"].update(text)
+        if "texts" in props:
+            props["texts"].update(maxItems=settings.max_batch_items)
+            props["texts"]["items"].update(text)
+        if "images" in props:
+            props["images"]["maxItems"] = settings.max_batch_items
+        if "vector" in props and dim is not None:
+            props["vector"].update(minItems=dim, maxItems=dim)
     return openapi

@@ -4,6 +4,7 @@ local user can see)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,20 @@ if TYPE_CHECKING:
 
 class ConfigError(ClipsearchError):
     """The service's settings are invalid; the message names the setting."""
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind and release ``host:port`` as uvicorn will, so a taken port fails in milliseconds."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}): another server may be using "
+            "it; stop that one or pass --port N (or set CLIPSEARCH_PORT)"
+        ) from e
 
 
 def serve(
@@ -68,6 +83,7 @@ def serve(
             f"{settings.index_dir} is not a directory; create the index first "
             f"(clipsearch index PATH... --index {settings.index_dir})"
         )
+    _check_port(settings.host, settings.port)  # before the model loads, not after
     app = create_app(settings)
     if settings.port:  # a fixed port: announced for `clipsearch search` on this machine
         _announce_while_serving(app, settings.index_dir, settings.host, settings.port)

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from PIL import Image
+import torch
 
 from app.batching import Batcher
+from app.decode_gate import DecodeGate
 from app.errors import ApiError, bad_request, not_found, not_ready
 from app.metrics import Metrics
 from app.ports import EncoderPort, IndexPort
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+DAMAGED_RETRY_S = 60.0  # a damaged catalog is checked again (read whole) this often
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class SearchService:
         self._index: IndexPort | None = index
         self._owns_index = index is None
         self._open_error: str | None = None if index is not None else "the index is not open yet"
+        self._damage: str | None = None
+        self._next_open = 0.0  # monotonic time of the next attempt to open a missing index
         self._infer = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-infer")
         self._write = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-write")
         self._io = ThreadPoolExecutor(2, thread_name_prefix="clipsearch-io")
@@ -66,6 +70,7 @@ class SearchService:
             max_batch=settings.max_batch if settings.batching else 1,
             on_batch=self.metrics.batch_size.observe,
         )
+        self.decodes = DecodeGate(settings.max_concurrent_decodes, settings.max_queued_decodes)
         self._reload_task: asyncio.Task | None = None
         self._blas_threshold: int | None = None  # FAISS's own value, put back at stop
         self.started_at = time.time()
@@ -107,25 +112,19 @@ class SearchService:
 
     async def _try_open(self) -> bool:
         """Open the index; until it exists the service runs and /readyz says why it is not ready."""
-        from indexer import Index
-
         directory = self.settings.index_dir
         if directory is None:
             self._open_error = "no index directory configured (CLIPSEARCH_INDEX_DIR or --index)"
             return False
         try:
-            self._index = await self._run(
-                self._write,
-                Index.open,
-                directory,
-                device=self.settings.device,
-                precision=self.settings.precision,
-            )
+            self._index = await self._run(self._write, _open_checked, self.settings)
         except Exception as e:  # keep serving /healthz and /readyz whatever the cause; retried
             message = str(e) if isinstance(e, (ClipsearchError, OSError)) else repr(e)
             if self._open_error != message:
                 log.warning("index %s not loaded: %s", directory, message)
             self._open_error = message
+            if "damaged" in type(e).__name__.lower():  # reading it all again soon is waste
+                self._next_open = time.monotonic() + DAMAGED_RETRY_S
             return False
         self._open_error = None
         self._tuned(self._index.dim)
@@ -139,7 +138,8 @@ class SearchService:
             await asyncio.sleep(self.settings.reload_interval_s)
             try:
                 if self._index is None:
-                    await self._try_open()
+                    if time.monotonic() >= self._next_open:
+                        await self._try_open()
                 else:
                     await self.reload()
             except Exception:  # keep watching; a half-written index is retried next tick
@@ -158,14 +158,23 @@ class SearchService:
 
     @property
     def ready(self) -> bool:
-        return self._index is not None
+        return self._index is not None and self._damage is None
 
     @property
     def not_ready_reason(self) -> str | None:
-        return self._open_error
+        return self._damage or self._open_error
+
+    def mark_damaged(self, reason: str) -> None:
+        """A file of the served index turned out damaged: stop answering from it (503) and say
+        why on /readyz; a restart after the repair serves again."""
+        if self._damage is None:
+            log.error("index damaged, not serving: %s", reason)
+        self._damage = reason
 
     @property
     def index(self) -> IndexPort:
+        if self._damage is not None:
+            raise not_ready(f"the index is damaged: {self._damage}")
         if self._index is None:
             raise not_ready(f"the index is not loaded: {self._open_error}")
         return self._index
@@ -261,16 +270,17 @@ class SearchService:
 
     async def search_image(
         self,
-        image: Image.Image | Path,
+        image: torch.Tensor | Path,
         k: int,
         target: str,
         path_prefix: str | None = None,
         taken: refine.TakenRange | None = None,
     ) -> list:
-        """Image → clean hits; a ``Path`` (an indexed image) is read by the encoder's loader."""
+        """Image → clean hits: a preprocessed upload, or the ``Path`` of an indexed image (read by
+        the encoder's own loader)."""
 
         def work() -> list:
-            vector = self._timed("image", self.encoder.encode_images, [image])[0]
+            vector = self._timed("image", self._encode_images, [image])[0]
             t0 = time.perf_counter()
             hits = refine.search_clean(self.index, vector, k, target, path_prefix, taken=taken)
             self.metrics.search.labels(target).observe(time.perf_counter() - t0)
@@ -281,10 +291,14 @@ class SearchService:
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         return await self._run(self._infer, self._timed, "text", self.encoder.encode_texts, texts)
 
-    async def embed_images(self, images: Sequence[Image.Image | Path]) -> np.ndarray:
-        return await self._run(
-            self._infer, self._timed, "image", self.encoder.encode_images, list(images)
-        )
+    async def embed_images(self, images: Sequence[torch.Tensor | Path]) -> np.ndarray:
+        """Embeddings of preprocessed uploads (``decode_uploads``) or indexed image files."""
+        return await self._run(self._infer, self._timed, "image", self._encode_images, images)
+
+    def _encode_images(self, images: Sequence[torch.Tensor | Path]) -> np.ndarray:
+        encoder = self.encoder
+        inputs = [x if isinstance(x, torch.Tensor) else encoder.preprocess_image(x) for x in images]
+        return encoder.encode_image_tensor(torch.stack(inputs))
 
     def _timed(self, modality: str, fn: Callable[[Any], np.ndarray], arg: Any) -> np.ndarray:
         t0 = time.perf_counter()
@@ -344,6 +358,20 @@ class SearchService:
         removed = int(await self._run(self._write, self.index.remove, [item_id]))
         await self._run(self._io, self.refresh_size)
         return removed
+
+
+def _open_checked(settings: Settings) -> Any:
+    """Open the index and read its whole catalog once, so a damaged page shows on /readyz at
+    start-up rather than as failed searches later."""
+    from indexer import Index
+
+    index = Index.open(settings.index_dir, device=settings.device, precision=settings.precision)
+    try:
+        index.check()
+    except BaseException:
+        index.close()
+        raise
+    return index
 
 
 def _set_threads(n: int) -> None:

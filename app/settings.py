@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Larger images are refused as decompression bombs."
     )
+    max_request_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Cap on the pixels all images of one request decode to (after JPEG draft).",
+    )
+    max_concurrent_decodes: int = Field(
+        2, ge=1, description="Uploads decoded at once (each costs its decoded size in memory)."
+    )
+    max_queued_decodes: int = Field(
+        32, ge=0, description="Uploads that may wait for a decode; more are refused with 429."
+    )
     max_k: int = Field(100, ge=1, le=10_000)
     max_query_chars: int = Field(1000, ge=1)
     max_batch_items: int = Field(
@@ -66,7 +77,10 @@ class Settings(BaseSettings):
     upload_dir: Path | None = Field(
         None, description="Where uploaded images are kept; default <index_dir>/uploads."
     )
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins whose pages may call this API from a browser; none by default.",
+    )
     compat_index_name: str = Field(
         "clipsearch", description="The one index name the clip-retrieval endpoints report."
     )

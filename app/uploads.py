@@ -47,14 +47,27 @@ def b64decode(data: str, what: str = "image") -> bytes:
         raise bad_request(f"{what} is not valid base64: {e}", "invalid_base64") from e
 
 
-def decode_image(
-    data: bytes, max_bytes: int, max_pixels: int, draft: int | None = None
-) -> Image.Image:
-    """Decode ``data`` fully into an upright RGB image, or raise an ``ApiError``."""
+def decoded_pixels(data: bytes, max_bytes: int, max_pixels: int, draft: int | None) -> int:
+    """How many pixels ``data`` will decode to (header only), or the 4xx of ``decode_image``."""
+    _check_size(data, max_bytes)
+    image = open_checked(data, max_pixels)
+    if draft and image.format == "JPEG":
+        image.draft("RGB", (draft, draft))
+    return image.width * image.height
+
+
+def _check_size(data: bytes, max_bytes: int) -> None:
     if len(data) > max_bytes:
         raise too_large(len(data), max_bytes)
     if not data:
         raise bad_request("the upload is empty", "empty_upload")
+
+
+def decode_image(
+    data: bytes, max_bytes: int, max_pixels: int, draft: int | None = None
+) -> Image.Image:
+    """Decode ``data`` fully into an upright RGB image, or raise an ``ApiError``."""
+    _check_size(data, max_bytes)
     image = open_checked(data, max_pixels)
     if draft and image.format == "JPEG":
         image.draft("RGB", (draft, draft))
@@ -66,7 +79,22 @@ def decode_image(
         raise ApiError(
             400, "corrupt_image", f"the image could not be decoded ({image.format}): {e}"
         ) from e
-    return to_rgb(image)
+    return to_rgb(_reduced(image, draft) if draft else image)
+
+
+def _reduced(image: Image.Image, size: int) -> Image.Image:
+    """An image far larger than the model's input, box-reduced by a whole factor to at least
+    twice that size (what JPEG draft does while decoding), so that the conversions after it
+    copy a small image, not a 120 MB one."""
+    factor = min(image.size) // (2 * size)
+    if factor < 2:
+        return image
+    if image.mode == "1":
+        image = image.convert("L")
+    try:
+        return image.reduce(factor)
+    except ValueError:  # a mode reduce does not take (P, CMYK...): converted at full size
+        return image
 
 
 def open_checked(data: bytes, max_pixels: int) -> Image.Image:

@@ -94,8 +94,8 @@ def build_index(directory: Path, n: int, model: str, pretrained: str, seed: int 
                 name = f"/bench/images/{i:07d}.jpg"
                 sha = hashlib.sha256(name.encode()).hexdigest()
                 w.put_image(name, 100_000, 0, sha, 640, 480, vec)
+    index.rebuild()  # builds the FAISS index from the catalog and checkpoints it
     index.close()
-    Index.open(directory, device="cpu").close()  # builds the FAISS index and checkpoints it
     print(
         f"indexed {n} random vectors of dim {dim} in {time.perf_counter() - t0:.1f} s", flush=True
     )

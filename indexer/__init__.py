@@ -8,12 +8,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from indexer.errors import (
+    DiskFullError,
     IndexBusyError,
+    IndexDamagedError,
     IndexError_,
     IndexFormatError,
     IndexNotFoundError,
     ModelMismatchError,
     QueryError,
+    ReadOnlyIndexError,
     ScanError,
 )
 from indexer.layout import FORMAT_VERSION
@@ -24,15 +27,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION",
+    "DiskFullError",
     "Hit",
     "Index",
     "IndexBusyError",
+    "IndexDamagedError",
     "IndexError_",
     "IndexFormatError",
     "IndexNotFoundError",
     "IndexReport",
     "ModelMismatchError",
     "QueryError",
+    "ReadOnlyIndexError",
     "ScanError",
     "Skipped",
 ]

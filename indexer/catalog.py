@@ -31,11 +31,17 @@ or a touched file (same content) updates the path or stat, not ``gen``: FAISS is
 
 Each thread gets its own connection. Writers hold ``BEGIN IMMEDIATE`` transactions (one per batch);
 readers that need a consistent view across queries use :meth:`Catalog.snapshot`.
+
+Only :meth:`Catalog.create` creates the file. An existing catalog is opened read-only when its
+directory cannot be written (a read-only volume: ``mode=ro``, or ``immutable=1`` when SQLite cannot
+make its shared-memory file there), so serving from such a volume works. SQLite failures that are
+the file's or the disk's (corruption, a full disk, a read-only file) leave as domain errors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -45,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.errors import IndexFormatError
+from indexer.errors import DiskFullError, IndexDamagedError, IndexFormatError, read_only
 from indexer.exif import PhotoInfo
 
 MIGRATIONS: list[list[str]] = [
@@ -238,19 +244,140 @@ class Writer:
         return n
 
 
+def lost_catalog(path: Path, how: str) -> IndexFormatError:
+    """The catalog of an index whose manifest exists is gone: nothing can rebuild it."""
+    return IndexFormatError(
+        f"the catalog {path} is {how}, but {path.parent} holds an index (manifest.json): the "
+        "catalog is its source of truth and the FAISS files cannot rebuild it. Restore "
+        f"{path.name} from a backup, or delete {path.parent} and index the photos again"
+    )
+
+
+def storage_error(e: sqlite3.Error, path: Path) -> Exception:
+    """The domain error for a SQLite failure of the file or the disk; ``e`` itself otherwise."""
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(e)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return DiskFullError(
+            f"the disk holding {path.parent} is full ({text}): free some space and run again; "
+            "everything committed before is kept and a rerun continues from there"
+        )
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in text:
+        return IndexDamagedError(
+            f"the catalog {path} is damaged ({text}): restore it from a backup, or index the "
+            "photos again into a new --index directory"
+        )
+    if code == sqlite3.SQLITE_READONLY:
+        return read_only(path.parent)
+    return e
+
+
+@contextlib.contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as e:
+        err = storage_error(e, path)
+        if err is e:
+            raise
+        raise err from e
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose storage failures are domain errors (see :func:`storage_error`)."""
+
+    def execute(self, *args: object) -> _Cursor:  # type: ignore[override]
+        with _translated(self.connection.catalog_path):  # type: ignore[attr-defined]
+            return super().execute(*args)  # type: ignore[arg-type]
+
+    def executemany(self, *args: object) -> _Cursor:  # type: ignore[override]
+        with _translated(self.connection.catalog_path):  # type: ignore[attr-defined]
+            return super().executemany(*args)  # type: ignore[arg-type]
+
+    def fetchone(self) -> object:
+        with _translated(self.connection.catalog_path):  # type: ignore[attr-defined]
+            return super().fetchone()
+
+    def fetchall(self) -> list:
+        with _translated(self.connection.catalog_path):  # type: ignore[attr-defined]
+            return super().fetchall()
+
+    def __next__(self) -> object:
+        with _translated(self.connection.catalog_path):  # type: ignore[attr-defined]
+            return super().__next__()
+
+
+class _Connection(sqlite3.Connection):
+    catalog_path: Path
+
+    def cursor(self, factory: type = _Cursor) -> sqlite3.Cursor:  # type: ignore[override]
+        return super().cursor(factory)
+
+    def execute(self, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().executemany(*args)
+
+
 class Catalog:
     """Connections to one catalog file, one per thread."""
 
-    def __init__(self, path: Path, dim: int) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, dim: int, *, create: bool = False) -> None:
+        self.path = Path(path).absolute()
         self.dim = dim
+        self._create = create
+        self.read_only = not create and not (
+            os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+        )
+        self._immutable = False
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._closed = False
+        if not create:
+            if not self.path.is_file():
+                raise lost_catalog(self.path, "missing")
+            if self.path.stat().st_size == 0:
+                raise lost_catalog(self.path, "empty")
         self.migrate()
 
+    @classmethod
+    def create(cls, path: Path, dim: int) -> Catalog:
+        """Create the file (or finish one a killed creator left) and bring its schema current."""
+        return cls(path, dim, create=True)
+
     # -- connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        mode = "ro" if self.read_only else ("rwc" if self._create else "rw")
+        uri = f"{self.path.as_uri()}?mode={mode}" + ("&immutable=1" if self._immutable else "")
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=60.0,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_Connection,
+        )
+        conn.catalog_path = self.path  # type: ignore[attr-defined]
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA user_version").fetchone()
+        except sqlite3.OperationalError:
+            conn.close()
+            wal = self.path.with_name(self.path.name + "-wal")
+            if not self.read_only or self._immutable or (wal.exists() and wal.stat().st_size):
+                raise
+            # A read-only volume where SQLite cannot make its -shm file, and no changes wait in a
+            # -wal file: nothing can change the file, so read it as immutable.
+            self._immutable = True
+            return self._connect()
+        if not self.read_only:
+            if self._create:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        return conn
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -258,12 +385,7 @@ class Catalog:
         if conn is None:
             if self._closed:
                 raise sqlite3.ProgrammingError("catalog is closed")
-            conn = sqlite3.connect(
-                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA busy_timeout = 60000")
+            conn = self._connect()
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
@@ -278,9 +400,20 @@ class Catalog:
             self._all.clear()
         self._local = threading.local()
 
+    def check(self) -> None:
+        """Read every page (``PRAGMA quick_check``); a damaged catalog raises IndexDamagedError."""
+        rows = [r[0] for r in self.conn.execute("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            raise IndexDamagedError(
+                f"the catalog {self.path} is damaged ({'; '.join(map(str, rows[:3]))}): restore "
+                "it from a backup, or index the photos again into a new --index directory"
+            )
+
     def migrate(self) -> None:
         conn = self.conn
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and not self._create:
+            raise lost_catalog(self.path, "empty")
         if version > SCHEMA_VERSION:
             raise IndexFormatError(
                 f"{self.path} has catalog schema {version}, newer than this clipsearch "
@@ -288,6 +421,8 @@ class Catalog:
             )
         if version == SCHEMA_VERSION:
             return
+        if self.read_only:
+            raise read_only(self.path.parent)
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -309,6 +444,8 @@ class Catalog:
     @contextlib.contextmanager
     def write(self) -> Iterator[Writer]:
         """One write transaction that bumps the generation; rolled back on any error."""
+        if self.read_only:
+            raise read_only(self.path.parent)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -317,7 +454,7 @@ class Catalog:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(writer.gen),))
             conn.execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, DiskFullError, IndexDamagedError):
                 conn.execute("ROLLBACK")
             raise
 
@@ -332,7 +469,7 @@ class Catalog:
         try:
             yield self
         finally:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, IndexDamagedError):
                 conn.execute("COMMIT")
 
     # -- reads ---------------------------------------------------------------------------------

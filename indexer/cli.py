@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from indexer.errors import QueryError
+from indexer.errors import IndexError_, QueryError, ScanError
 from indexer.layout import DEFAULT_ONDISK_THRESHOLD, INDEX_TYPES
 from indexer.location import ENV_VAR, default_index_dir
 from indexer.results import IndexReport
@@ -74,7 +74,7 @@ def index_command(
     ),
     model: str | None = MODEL_OPT,
     pretrained: str | None = PRETRAINED_OPT,
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per encoder batch."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder batch."),
     workers: int | None = typer.Option(
         None,
         "--workers",
@@ -109,13 +109,18 @@ def index_command(
 
     if (from_embeddings is None) == (not paths):
         raise QueryError("give image folders to index, or --from-embeddings DIR (not both)")
+    if batch_size < 1:
+        raise IndexError_(f"--batch-size must be at least 1, not {batch_size}")
     if from_embeddings is not None:
         from indexer.from_shards import index_from_embeddings
 
         report = index_from_embeddings(from_embeddings, index, ondisk_threshold=ondisk_threshold)
         _print_report(report, as_json, verbose)
         return
-    idx = Index.create(
+    for path in paths:  # before the index directory is made
+        if not path.exists():
+            raise ScanError(f"cannot index {path}: no such file or folder")
+    idx = Index.open_or_create(
         index,
         model=model,
         pretrained=pretrained,
@@ -133,6 +138,8 @@ def index_command(
     finally:
         idx.close()
     _print_report(report, as_json, verbose)
+    if not (report.indexed or report.unchanged or report.renamed or report.skipped_files):
+        typer.echo(f"warning: no image files found under {', '.join(map(str, paths))}", err=True)
 
 
 @app.command("index-text")
@@ -153,7 +160,7 @@ def index_text_command(
     from indexer.index import Index
 
     texts = read_corpus(file, column)
-    idx = Index.create(
+    idx = Index.open_or_create(
         index,
         model=model,
         pretrained=pretrained,
@@ -207,8 +214,12 @@ def info_command(
         for key in ("nprobe", "efSearch"):
             if key in d:
                 extra.append(f"{key} {d[key]}")
-        if not d.get("up_to_date"):
-            extra.append("stale: rebuilt on next open")
+        if target in stats["damaged"]:
+            extra.append(
+                "checkpoint DAMAGED: searches rebuild it in memory, the next write saves it"
+            )
+        elif not d.get("up_to_date"):
+            extra.append("stale: brought current in memory on open, saved by the next write")
         lines.append(
             f"{target:<10} {d.get('factory') or d.get('type')}, {d.get('vectors', 0)} vectors"
             + (f" ({', '.join(extra)})" if extra else "")

@@ -7,6 +7,8 @@ empty query, a vector of the wrong shape, an undecodable query image): the servi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from models.errors import ClipsearchError
 
 
@@ -36,3 +38,22 @@ class QueryError(IndexError_, ValueError):
 
 class ScanError(IndexError_):
     """A path given to index does not exist."""
+
+
+class IndexDamagedError(IndexFormatError):
+    """A file of the index is unreadable (a corrupt catalog); the message says how to recover."""
+
+
+class DiskFullError(IndexError_):
+    """The disk holding the index is full; what was committed before stays committed."""
+
+
+class ReadOnlyIndexError(IndexError_):
+    """A write was asked of an index on a read-only filesystem or without write permission."""
+
+
+def read_only(directory: Path) -> ReadOnlyIndexError:
+    return ReadOnlyIndexError(
+        f"{directory} is read-only: it can be searched but not changed; to change it, copy it "
+        "somewhere writable or remount the volume read-write"
+    )

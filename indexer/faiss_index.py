@@ -19,10 +19,13 @@ readers-writer lock).
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,9 +33,18 @@ from typing import Any
 
 import faiss
 import numpy as np
+from faiss.contrib.evaluation import knn_intersection_measure
+from faiss.contrib.exhaustive_search import knn
 
-from indexer.errors import IndexError_, IndexFormatError
-from indexer.layout import IndexSettings, atomic_write_bytes, checkpoint_paths, fsync_dir, tmp_name
+from indexer.errors import DiskFullError, IndexError_, IndexFormatError
+from indexer.layout import (
+    INDEX_TYPES,
+    IndexSettings,
+    atomic_write_bytes,
+    checkpoint_paths,
+    fsync_dir,
+    tmp_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +137,26 @@ def parse_bytes(value: str | int | None) -> int | None:
         ) from None
 
 
+def updated_settings(
+    base: IndexSettings, index_type: str | None, opts: dict[str, Any]
+) -> IndexSettings:
+    """``base`` with the given options (None keeps a value); refuses an unknown index type."""
+    s = IndexSettings(**vars(base))
+    if index_type is not None:
+        if index_type not in INDEX_TYPES:
+            raise IndexError_(
+                f"index type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}"
+            )
+        s.type = index_type
+    if opts.get("max_memory") is not None:
+        s.max_memory = parse_bytes(opts["max_memory"])
+    if opts.get("flat_threshold") is not None:
+        s.flat_threshold = int(opts["flat_threshold"])
+    if opts.get("recall_target") is not None:
+        s.recall_target = float(opts["recall_target"])
+    return s
+
+
 def choose_spec(settings: IndexSettings, n: int, dim: int, budget: int | None = None) -> Spec:
     """The index to build for ``n`` vectors under ``settings`` (``budget``: bytes for this one)."""
     kind = settings.type
@@ -212,28 +244,26 @@ def search(
 def exact_topk(db: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Ids of the exact top ``k`` by inner product, (n, k) (-1 padded)."""
     out = np.full((len(queries), k), -1, dtype=np.int64)
-    if len(db) == 0:
-        return out
-    kk = min(k, len(db))
-    for start in range(0, len(queries), 64):
-        sims = queries[start : start + 64] @ db.T
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        out[start : start + 64, :kk] = db_ids[np.take_along_axis(top, order, axis=1)]
+    if len(db):
+        _, rows = knn(queries, db, min(k, len(db)), metric=faiss.METRIC_INNER_PRODUCT)
+        out[:, : rows.shape[1]] = db_ids[rows]
     return out
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray, self_ids: np.ndarray, k: int) -> float:
-    """Mean share of the exact top ``k`` found by ``approx`` (a query's own id is not counted)."""
-    if len(approx) == 0:
+    """Share of the exact top ``k`` that ``approx`` found (faiss.contrib's intersection
+    measure), a query's own id left out of both."""
+
+    def top(table: np.ndarray, pad: int) -> np.ndarray:
+        pairs = zip(table, self_ids, strict=True)
+        rows = [[i for i in r if i >= 0 and i != own][:k] for r, own in pairs]
+        return np.array([r + [pad] * (k - len(r)) for r in rows], dtype=np.int64).reshape(-1, k)
+
+    truth = top(exact, -2)  # distinct pads: padding never counts as found
+    found = int((truth >= 0).sum())
+    if found == 0:
         return 1.0
-    scores = []
-    for a, e, own in zip(approx, exact, self_ids, strict=True):
-        a_ids = [i for i in a if i >= 0 and i != own][:k]
-        e_ids = [i for i in e if i >= 0 and i != own][:k]
-        if e_ids:
-            scores.append(len(set(a_ids) & set(e_ids)) / len(e_ids))
-    return float(np.mean(scores)) if scores else 1.0
+    return knn_intersection_measure(top(approx, -3), truth) * truth.size / found
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -412,28 +442,49 @@ def apply_delta(
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _disk_full(directory: Path, e: BaseException) -> DiskFullError:
+    return DiskFullError(
+        f"the disk holding {directory} is full ({e}): free some space and run again; the "
+        "catalog's rows are committed and the FAISS index is rebuilt from them on the next run"
+    )
+
+
 def save_checkpoint(directory: Path, state: FaissState) -> Path:
-    """Write ``<kind>.<gen>.json`` then ``<kind>.<gen>.faiss`` (tmp → fsync → rename each)."""
+    """Write ``<kind>.<gen>.faiss`` to a temporary name, then its ``.json`` (with the file's
+    SHA-256, so damage is detected), then rename the FAISS file: it is the commit point."""
     faiss_path, info_path = checkpoint_paths(directory, state.kind, state.gen)
-    meta = {
-        "kind": state.kind,
-        "generation": state.gen,
-        "spec": state.spec.to_dict(),
-        "value": state.value,
-        "vectors": state.ntotal,
-        "dim": int(state.index.d),
-        "info": state.info,
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_bytes(info_path, (json.dumps(meta, indent=2) + "\n").encode())
     tmp = tmp_name(faiss_path)
     try:
         faiss.write_index(state.index, str(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        meta = {
+            "kind": state.kind,
+            "generation": state.gen,
+            "spec": state.spec.to_dict(),
+            "value": state.value,
+            "vectors": state.ntotal,
+            "dim": int(state.index.d),
+            "sha256": _file_sha256(tmp),
+            "info": state.info,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_bytes(info_path, (json.dumps(meta, indent=2) + "\n").encode())
         os.replace(tmp, faiss_path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(directory, e) from e
+        if isinstance(e, RuntimeError) and shutil.disk_usage(directory).free < (64 << 20):
+            raise _disk_full(directory, e) from e  # FAISS reports a short fwrite this way
         raise
     fsync_dir(directory)
     return faiss_path
@@ -444,16 +495,32 @@ def read_checkpoint_info(directory: Path, kind: str, gen: int) -> dict[str, Any]
     return json.loads(info_path.read_text())
 
 
-def load_checkpoint(directory: Path, kind: str, gen: int, dim: int) -> FaissState:
+def verify_checkpoint(directory: Path, kind: str, gen: int) -> dict[str, Any]:
+    """The checkpoint's description, once its FAISS file matches the SHA-256 recorded for it."""
     faiss_path, _ = checkpoint_paths(directory, kind, gen)
     try:
         meta = read_checkpoint_info(directory, kind, gen)
-        spec = Spec.from_dict(meta["spec"])
-        index = faiss.read_index(str(faiss_path))
+        Spec.from_dict(meta["spec"])
     except FileNotFoundError:
         raise
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise IndexFormatError(f"{faiss_path} is damaged ({e})") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise IndexFormatError(f"{faiss_path.with_suffix('.json')} is damaged ({e})") from e
+    expected = meta.get("sha256")
+    if expected is not None and _file_sha256(faiss_path) != expected:
+        raise IndexFormatError(f"{faiss_path} is damaged (its SHA-256 differs from when written)")
+    return meta
+
+
+def load_checkpoint(directory: Path, kind: str, gen: int, dim: int) -> FaissState:
+    faiss_path, _ = checkpoint_paths(directory, kind, gen)
+    meta = verify_checkpoint(directory, kind, gen)
+    spec = Spec.from_dict(meta["spec"])
+    try:
+        index = faiss.read_index(str(faiss_path))
+    except RuntimeError as e:
+        if not faiss_path.exists():
+            raise FileNotFoundError(faiss_path) from e
+        raise IndexFormatError(f"{faiss_path} is damaged ({str(e).splitlines()[0]})") from e
     if index.d != dim:
         raise IndexFormatError(f"{faiss_path} holds vectors of dim {index.d}, the index {dim}")
     value = int(meta.get("value", 0))

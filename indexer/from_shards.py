@@ -26,7 +26,7 @@ from indexer import ondisk
 from indexer import shards as sh
 from indexer.catalog import Catalog
 from indexer.errors import ModelMismatchError
-from indexer.index import Index, _describe, _identity
+from indexer.index import Index
 from indexer.layout import (
     CATALOG,
     DEFAULT_ONDISK_THRESHOLD,
@@ -38,6 +38,7 @@ from indexer.layout import (
     read_manifest,
     write_manifest,
 )
+from indexer.provenance import _describe, identity
 from indexer.results import IndexReport
 
 IMPORTED = "imported"
@@ -49,7 +50,7 @@ def _open(directory: Path, source: dict[str, Any], lock_timeout: float) -> Index
     model = source["model"]
     if (directory / MANIFEST).is_file():
         manifest = read_manifest(directory)
-        if _identity(manifest.model) != _identity(model):
+        if identity(manifest.model) != identity(model):
             raise ModelMismatchError(
                 f"the index in {directory} was built with {_describe(manifest.model)}, but the "
                 f"embeddings come from {_describe(model)}; import them into a new --index"

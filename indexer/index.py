@@ -1,20 +1,19 @@
 """``Index``: the library API over one index directory (format: see ``indexer.layout``).
 
-Thread safety: searches read ``self._states`` (a dict that is replaced, never mutated) once and
-search under the read side of a readers-writer lock. Writers (``add_images``, ``add_texts``,
-``remove``) hold the directory's write lock and commit to the catalog in batches; a delta is then
-applied to the FAISS index in place under the write side (never a copy of the whole index), a
-rebuild is made on the side; either is swapped in under a lock.
-``reload_if_changed`` does the same for changes another process committed.
+``Index.create`` makes a new index, ``Index.open`` opens an existing one (for reading it never
+writes; a read-only volume works), ``Index.open_or_create`` is what ``clipsearch index`` does.
+The FAISS side lives in ``indexer.faiss_states`` (readers see the old index or the new one, never
+a torn one; a delta changes the index in place under the write side of a readers-writer lock,
+never a copy of the whole index); writers (``add_images``, ``add_texts``, ``remove``,
+``rebuild``) hold the directory's write lock, commit to the catalog in batches, then bring the
+FAISS states current and checkpoint them.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import shutil
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,24 +26,23 @@ from indexer import faiss_index as fx
 from indexer import query_text
 from indexer.catalog import Catalog, ItemRow
 from indexer.decode import Skip, decode, read_bytes, resolve_max_pixels
-from indexer.errors import IndexError_, ModelMismatchError, QueryError
+from indexer.errors import IndexError_, QueryError
+from indexer.faiss_states import FaissStates
+from indexer.ingest import index_images
 from indexer.layout import (
     CATALOG,
-    FORMAT_VERSION,
-    INDEX_TYPES,
     MANIFEST,
     TARGETS,
     IndexSettings,
     Manifest,
-    list_checkpoints,
     read_manifest,
-    remove_stale_files,
-    remove_tmp_files,
     write_manifest,
 )
 from indexer.lock import WriteLock
+from indexer.prefix_filter import PrefixSelectors
+from indexer.provenance import identity, mismatch
 from indexer.results import Hit, IndexReport
-from indexer.rwlock import ReadWriteLock
+from indexer.stats import index_stats
 from indexer.texts import sha256_text
 from models.images import to_rgb
 from models.query_templates import embed_queries
@@ -53,49 +51,12 @@ if TYPE_CHECKING:  # torch and open_clip load when an encoder is first needed, n
     from models.encoder import Encoder
     from models.lite_text import LiteTextEncoder
 
-log = logging.getLogger(__name__)
-
 SMALL_BATCH = 8  # up to this many queries search with one OpenMP thread (see measured-facts)
-PREFIX_CACHE = 16  # path_prefix selectors kept
-KINDS = ("image", "text")
+INT64 = (-(1 << 63), (1 << 63) - 1)  # ids outside this cannot exist (SQLite INTEGER)
 
 
-def _identity(prov: dict[str, Any]) -> tuple[str, str, int]:
-    return (str(prov["model"]), str(prov["weights_sha256"]), int(prov["dim"]))
-
-
-def _describe(prov: dict[str, Any]) -> str:
-    sha = str(prov["weights_sha256"])[:16]
-    return f"{prov['model']} (weights {prov['pretrained']}, sha256 {sha}, dim {prov['dim']})"
-
-
-def _mismatch(
-    directory: Path, built: dict[str, Any], given: dict[str, Any] | str
-) -> ModelMismatchError:
-    given_text = given if isinstance(given, str) else f"the encoder given is {_describe(given)}"
-    return ModelMismatchError(
-        f"the index in {directory} was built with {_describe(built)}, but {given_text}; "
-        "vectors of different models cannot be compared. Pass "
-        f"--model {built['model']} --pretrained {built['pretrained']} to use this index, or a new "
-        "--index directory for the other model"
-    )
-
-
-def _settings(base: IndexSettings, index_type: str | None, opts: dict[str, Any]) -> IndexSettings:
-    s = IndexSettings(**vars(base))
-    if index_type is not None:
-        if index_type not in INDEX_TYPES:
-            raise IndexError_(
-                f"index type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}"
-            )
-        s.type = index_type
-    if "max_memory" in opts and opts["max_memory"] is not None:
-        s.max_memory = fx.parse_bytes(opts["max_memory"])
-    if opts.get("flat_threshold") is not None:
-        s.flat_threshold = int(opts["flat_threshold"])
-    if opts.get("recall_target") is not None:
-        s.recall_target = float(opts["recall_target"])
-    return s
+def _valid_id(i: int) -> bool:
+    return INT64[0] <= i <= INT64[1]
 
 
 class Index:
@@ -109,7 +70,6 @@ class Index:
         encoder: Encoder | None,
         device: str = "auto",
         precision: str | None = None,
-        load: bool = True,
         **opts: Any,
     ) -> None:
         self.directory = directory
@@ -119,20 +79,15 @@ class Index:
         self._device = device
         self._precision = precision
         self._lock = WriteLock(directory)
-        self._swap_lock = threading.RLock()
-        self._searching = ReadWriteLock()
         self._encoder_lock = threading.Lock()
-        self._states: dict[str, fx.FaissState] = {}
+        self._faiss = FaissStates(directory, manifest, catalog)
+        self._prefixes = PrefixSelectors(catalog)
         self._lite_text: LiteTextEncoder | None = None
-        self._prefix_cache: OrderedDict[tuple[str, int], tuple[Any, int]] = OrderedDict()
-        self._prefix_lock = threading.Lock()
         self.batch_size = int(opts.get("batch_size") or 32)
         self.workers = opts.get("workers")
         self.exclude = tuple(opts.get("exclude") or ())
         self.lock_timeout = float(opts.get("lock_timeout") or 0.0)
         self.max_pixels = resolve_max_pixels(opts.get("max_pixels") or manifest.max_pixels or None)
-        if load:
-            self._load_states()
 
     # -- construction --------------------------------------------------------------------------
 
@@ -146,59 +101,45 @@ class Index:
         encoder: Encoder | None = None,
         **opts: Any,
     ) -> Index:
-        """Create an index in ``directory``, or open the one there (checking the model).
+        """Create a new index in ``directory`` (missing or without an index; one there is refused).
 
         ``index_type`` (auto|flat|hnsw|ivf|ivfpq) and the options ``max_memory`` (bytes or "2G"),
-        ``flat_threshold``, ``recall_target`` and ``max_pixels`` are stored in the manifest; None
-        keeps what an existing index has. ``batch_size``, ``workers``, ``exclude``, ``device``,
-        ``precision`` and ``lock_timeout`` apply to this object only.
+        ``flat_threshold``, ``recall_target`` and ``max_pixels`` are stored in the manifest.
+        ``batch_size``, ``workers``, ``exclude``, ``device``, ``precision`` and ``lock_timeout``
+        apply to this object only. A creation that fails leaves no directory behind.
         """
         from models.encoder import Encoder
 
         directory = Path(directory).expanduser().absolute()
+        if (directory / MANIFEST).is_file():
+            raise IndexError_(
+                f"{directory} already holds an index: open it (Index.open or open_or_create)"
+            )
+        if directory.exists() and not directory.is_dir():
+            raise IndexError_(f"{directory} is a file, not a directory: give a directory --index")
         device = opts.pop("device", "auto")
         precision = opts.pop("precision", None)
-        if (directory / MANIFEST).is_file():
-            manifest = read_manifest(directory)
-            built = manifest.model
-            if encoder is None and (model is not None or pretrained is not None):
-                if model is not None and model != built["model"]:
-                    given = f"--model {model} --pretrained {pretrained or '(default)'} was given"
-                    raise _mismatch(directory, built, given)
-                encoder = Encoder.load(
-                    model or built["model"], pretrained, device, precision or built["precision"]
-                )
-            index = cls.open(
-                directory, encoder=encoder, device=device, precision=precision, lazy=True, **opts
-            )
-            _ = index.encoder
-            manifest = index.manifest
-            new = _settings(manifest.index, index_type, opts)
-            max_pixels = int(opts["max_pixels"]) if opts.get("max_pixels") else manifest.max_pixels
-            if new != manifest.index or max_pixels != manifest.max_pixels:
-                with index._lock.hold(index.lock_timeout):
-                    manifest.index, manifest.max_pixels = new, max_pixels
-                    write_manifest(directory, manifest)
-                    index.max_pixels = resolve_max_pixels(max_pixels or None)
-                    index._sync_all()
-            else:
-                index._load_states()
-            return index
-
+        settings = fx.updated_settings(IndexSettings(), index_type or "auto", opts)
         if encoder is None:
             encoder = Encoder.load(model, pretrained, device, precision or "fp32")
+        made = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(
-            model=encoder.provenance.to_dict(),
-            preprocess=repr(encoder.preprocess),
-            index=_settings(IndexSettings(), index_type or "auto", opts),
-            max_pixels=int(opts.get("max_pixels") or 0),
-        )
-        catalog = Catalog(directory / CATALOG, encoder.dim)
-        index = cls(directory, manifest, catalog, encoder, device, precision, load=False, **opts)
-        with index._lock.hold(index.lock_timeout):
-            write_manifest(directory, manifest)  # the commit point of creation
-            index._sync_all()
+        try:
+            manifest = Manifest(
+                model=encoder.provenance.to_dict(),
+                preprocess=repr(encoder.preprocess),
+                index=settings,
+                max_pixels=int(opts.get("max_pixels") or 0),
+            )
+            catalog = Catalog.create(directory / CATALOG, encoder.dim)
+            index = cls(directory, manifest, catalog, encoder, device, precision, **opts)
+            with index._lock.hold(index.lock_timeout):
+                write_manifest(directory, manifest)  # the commit point of creation
+                index._sync()
+        except BaseException:
+            if made and not (directory / MANIFEST).is_file():
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
         return index
 
     @classmethod
@@ -212,7 +153,7 @@ class Index:
         lazy: bool = False,
         **opts: Any,
     ) -> Index:
-        """Open an existing index.
+        """Open an existing index; opening and searching write nothing to its directory.
 
         Without ``encoder`` the one named by the manifest is loaded (``precision`` defaults to the
         manifest's); a given encoder must match the manifest's model, weights hash and dim.
@@ -223,13 +164,64 @@ class Index:
         manifest = read_manifest(directory)
         if encoder is not None:
             given = encoder.provenance.to_dict()
-            if _identity(given) != _identity(manifest.model):
-                raise _mismatch(directory, manifest.model, given)
+            if identity(given) != identity(manifest.model):
+                raise mismatch(directory, manifest.model, given)
         catalog = Catalog(directory / CATALOG, int(manifest.model["dim"]))
-        index = cls(directory, manifest, catalog, encoder, device, precision, load=False, **opts)
-        if not lazy:
+        try:
+            index = cls(directory, manifest, catalog, encoder, device, precision, **opts)
+            index._faiss.check_against_catalog()
+            if not lazy:
+                _ = index.encoder
+                index._faiss.refresh()
+        except BaseException:
+            catalog.close()
+            raise
+        return index
+
+    @classmethod
+    def open_or_create(
+        cls,
+        directory: str | Path,
+        model: str | None = None,
+        pretrained: str | None = None,
+        index_type: str | None = None,
+        encoder: Encoder | None = None,
+        **opts: Any,
+    ) -> Index:
+        """Open the index in ``directory`` (checking the model; changed options given here are
+        stored, rebuilding FAISS if needed), or create one there (see :meth:`create`)."""
+        directory = Path(directory).expanduser().absolute()
+        if not (directory / MANIFEST).is_file():
+            return cls.create(directory, model, pretrained, index_type or "auto", encoder, **opts)
+        device = opts.pop("device", "auto")
+        precision = opts.pop("precision", None)
+        built = read_manifest(directory).model
+        if encoder is None and (model is not None or pretrained is not None):
+            if model is not None and model != built["model"]:
+                given = f"--model {model} --pretrained {pretrained or '(default)'} was given"
+                raise mismatch(directory, built, given)
+            encoder = Encoder.load(
+                model or built["model"], pretrained, device, precision or built["precision"]
+            )
+        index = cls.open(
+            directory, encoder=encoder, device=device, precision=precision, lazy=True, **opts
+        )
+        try:
             _ = index.encoder
-            index._load_states()
+            manifest = index.manifest
+            new = fx.updated_settings(manifest.index, index_type, opts)
+            max_pixels = int(opts["max_pixels"]) if opts.get("max_pixels") else manifest.max_pixels
+            if new != manifest.index or max_pixels != manifest.max_pixels:
+                with index._lock.hold(index.lock_timeout):
+                    manifest.index, manifest.max_pixels = new, max_pixels
+                    write_manifest(directory, manifest)
+                    index.max_pixels = resolve_max_pixels(max_pixels or None)
+                    index._sync()
+            else:
+                index._faiss.refresh()
+        except BaseException:
+            index.close()
+            raise
         return index
 
     @property
@@ -247,8 +239,8 @@ class Index:
                         self._precision or m.get("precision", "fp32"),
                     )
                     given = encoder.provenance.to_dict()
-                    if _identity(given) != _identity(m):
-                        raise _mismatch(self.directory, m, given)
+                    if identity(given) != identity(m):
+                        raise mismatch(self.directory, m, given)
                     self._encoder = encoder
         return self._encoder
 
@@ -257,8 +249,7 @@ class Index:
         return int(self.manifest.model["dim"])
 
     def close(self) -> None:
-        with self._swap_lock:
-            self._states = {}
+        self._faiss.clear()
         self.catalog.close()
 
     def __enter__(self) -> Index:
@@ -267,136 +258,14 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- FAISS states --------------------------------------------------------------------------
-
-    def _budgets(self, counts: dict[str, int]) -> dict[str, int | None]:
-        budget = self.manifest.index.max_memory
-        total = sum(counts.values())
-        if budget is None or total == 0:
-            return {k: budget for k in KINDS}
-        return {k: int(budget * counts[k] / total) for k in KINDS}
-
-    def _build(self, kind: str, spec: fx.Spec, gen: int) -> fx.FaissState:
-        ids, vectors = self.catalog.vectors(kind)
-        other = np.zeros((0, self.dim), np.float32)
-        if spec.trained or spec.type == "hnsw":
-            other_kind = "text" if kind == "image" else "image"
-            other_ids = self.catalog.ids(other_kind)
-            if len(other_ids):
-                rng = np.random.default_rng(gen)
-                pick = np.sort(
-                    rng.choice(other_ids, size=min(len(other_ids), 20_000), replace=False)
-                )
-                _, other = self.catalog.vectors(other_kind, pick)
-        return fx.build_state(
-            kind, spec, self.dim, ids, vectors, other, gen, self.manifest.index.recall_target
-        )
-
-    def _current(self, kind: str, state: fx.FaissState | None) -> fx.FaissState:
-        """``state`` brought up to the catalog's generation (a delta, or a rebuild when the right
-        index for the data has changed); the caller holds ``_swap_lock``."""
-        with self.catalog.snapshot():
-            gen = self.catalog.generation()
-            counts = {k: self.catalog.count_ok(k) for k in KINDS}
-            spec = fx.choose_spec(
-                self.manifest.index, counts[kind], self.dim, self._budgets(counts)[kind]
-            )
-            if state is None:
-                for g in list_checkpoints(self.directory, kind):
-                    if g <= gen:
-                        try:
-                            state = fx.load_checkpoint(self.directory, kind, g, self.dim)
-                            break
-                        except FileNotFoundError:  # removed by a writer meanwhile
-                            continue
-            if state is not None and (
-                not self._fits(state.spec, spec) or self._needs_mixed_training(state, counts)
-            ):
-                state = None  # rebuild below
-            if state is not None and state.gen == gen:
-                return state
-            if state is not None:
-                remove, add_ids, add_vecs = self.catalog.delta(kind, state.gen)
-                with self._searching.write():  # the delta changes the index searches use
-                    new = fx.apply_delta(state, remove, add_ids, add_vecs, gen)
-                if new is not None:
-                    return new
-            if counts[kind] == 0:
-                return fx.empty_state(kind, self.dim, gen)
-            return self._build(kind, spec, gen)
-
-    @staticmethod
-    def _needs_mixed_training(state: fx.FaissState, counts: dict[str, int]) -> bool:
-        """A trained index that learnt from one modality while the other now has vectors: retrain
-        (text queries against an image-only quantizer lose recall: clip-retrieval #76)."""
-        if not state.spec.trained:
-            return False
-        other = "text" if state.kind == "image" else "image"
-        trained_other = state.info.get("trained_on", {}).get("other_modality", 0)
-        return trained_other == 0 and counts[other] >= fx.MIN_OTHER_FOR_MIXING
-
-    @staticmethod
-    def _fits(have: fx.Spec, want: fx.Spec) -> bool:
-        """Whether an index built as ``have`` still suits data that calls for ``want``."""
-        if have.type != want.type:
-            return False
-        if have.trained:
-            if not (want.nlist / 4 <= have.nlist <= want.nlist * 4):
-                return False
-            if have.type == "ivfpq" and (have.pq_m > want.pq_m or have.pq_nbits < want.pq_nbits):
-                return False
-        return True
-
-    def _load_states(self) -> None:
-        with self._swap_lock:
-            states = {k: self._current(k, self._states.get(k)) for k in KINDS}
-            self._states = states
-        if any(not self._checkpointed(s) for s in states.values()) and self._lock.try_acquire(0):
-            try:
-                for s in states.values():
-                    self._checkpoint(s)
-            finally:
-                self._lock.release()
-
-    def _checkpointed(self, state: fx.FaissState) -> bool:
-        return state.gen in list_checkpoints(self.directory, state.kind)
-
-    def _checkpoint(self, state: fx.FaissState) -> None:
-        """Write ``state`` as the newest checkpoint (the caller holds the write lock)."""
-        if not self._checkpointed(state):
-            fx.save_checkpoint(self.directory, state)
-        remove_stale_files(self.directory, state.kind, state.gen)
-
-    def _sync_all(self) -> None:
-        """After a write: bring both states current, publish them, checkpoint (lock held)."""
-        remove_tmp_files(self.directory)
-        with self._swap_lock:
-            states = {k: self._current(k, self._states.get(k)) for k in KINDS}
-            self._states = states
-        for s in states.values():
-            self._checkpoint(s)
-        if self._encoder is not None:
-            query_text.ensure(self.directory, self._encoder, self.manifest.model)
-
     def reload_if_changed(self) -> bool:
         """Pick up what other processes committed; True if a new index was swapped in."""
-        gen = self.catalog.generation()
-        states = self._states
-        if states and all(s.gen == gen for s in states.values()):
-            return False
-        with self._swap_lock:
-            old = self._states
-            new = {k: self._current(k, old.get(k)) for k in KINDS}
-            changed = any(new[k] is not old.get(k) for k in KINDS)
-            self._states = new
-        return changed
+        return self._faiss.reload_if_changed()
 
-    def _state(self, kind: str) -> fx.FaissState:
-        states = self._states
-        if kind not in states:
-            self._load_states()
-            states = self._states
-        return states[kind]
+    def check(self) -> None:
+        """Read the whole catalog; a damaged one raises ``IndexDamagedError`` (the service's
+        readiness check, so a damaged page is found at start-up, not by the first search)."""
+        self.catalog.check()
 
     # -- searching -----------------------------------------------------------------------------
 
@@ -431,6 +300,8 @@ class Index:
     def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
         """The vector of one image (a file is decoded as the indexer does: pixel cap, EXIF)."""
         if not isinstance(image, Image.Image):
+            if not Path(image).is_file():
+                raise QueryError(f"cannot use {image} as a query image: no such file")
             try:
                 decoded = decode(read_bytes(str(image)), self.max_pixels, self.encoder.image_size)
             except Skip as s:
@@ -486,8 +357,8 @@ class Index:
             queries = fx.check_queries(vectors, self.dim)
         except ValueError as e:
             raise QueryError(str(e)) from None
-        state = self._state(kind)
-        with self._searching.read():  # no delta changes the index during the call
+        state = self._faiss.state(kind)
+        with self._faiss.searching.read():  # no delta changes the index during the call
             return self._search_state(state, kind, queries, k, path_prefix)
 
     def _search_state(
@@ -502,7 +373,7 @@ class Index:
             return [[] for _ in range(len(queries))]
         selector, allowed = None, state.ntotal
         if path_prefix is not None:
-            selector, allowed = self._prefix_selector(path_prefix)
+            selector, allowed = self._prefixes.get(path_prefix)
             if allowed == 0:
                 return [[] for _ in range(len(queries))]
         fetch = min(int(k), state.ntotal)
@@ -534,25 +405,6 @@ class Index:
             out.append(hits)
         return out
 
-    def _prefix_selector(self, path_prefix: str) -> tuple[faiss.IDSelector | None, int]:
-        """An id selector for the images under ``path_prefix`` (cached per catalog generation)."""
-        prefix = os.path.abspath(os.path.expanduser(path_prefix))
-        if path_prefix.endswith(os.sep) and not prefix.endswith(os.sep):
-            prefix += os.sep
-        key = (prefix, self.catalog.generation())
-        with self._prefix_lock:
-            hit = self._prefix_cache.get(key)
-            if hit is not None:
-                self._prefix_cache.move_to_end(key)
-                return hit
-        allowed = self.catalog.ids_with_prefix(prefix)
-        entry = (faiss.IDSelectorBatch(allowed) if allowed.size else None, int(allowed.size))
-        with self._prefix_lock:
-            self._prefix_cache[key] = entry
-            while len(self._prefix_cache) > PREFIX_CACHE:
-                self._prefix_cache.popitem(last=False)
-        return entry
-
     @staticmethod
     def _hit(row: ItemRow, score: float) -> Hit:
         return Hit(
@@ -568,12 +420,22 @@ class Index:
         )
 
     def get(self, id: int) -> Hit | None:
+        """The stored item ``id`` (None if there is none: also for ids no catalog can hold)."""
+        if not _valid_id(int(id)):
+            return None
         row = self.catalog.get(id)
         if row is None or row.status != "ok":
             return None
         return self._hit(row, 0.0)
 
     # -- writing -------------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """After a write (lock held): FAISS states current and checkpointed, and the torch-free
+        query tower written for the model when it has an exportable text tower."""
+        self._faiss.sync()
+        if self._encoder is not None:
+            query_text.ensure(self.directory, self._encoder, self.manifest.model)
 
     def add_images(
         self,
@@ -585,7 +447,6 @@ class Index:
         workers: int | None = None,
     ) -> IndexReport:
         """Index files and folders (recursively) incrementally; see ``indexer.ingest``."""
-        from indexer.ingest import index_images
 
         if isinstance(paths, (str, Path)):
             paths = [paths]
@@ -602,7 +463,7 @@ class Index:
                 max_pixels=self.max_pixels,
                 progress=progress,
             )
-            self._sync_all()
+            self._sync()
         return report
 
     def add_texts(self, texts: Sequence[str], progress: bool = False) -> IndexReport:
@@ -643,99 +504,30 @@ class Index:
             finally:
                 if bar is not None:
                     bar.close()
-            self._sync_all()
+            self._sync()
         report.seconds = time.perf_counter() - t0
         return report
 
     def remove(self, ids: Sequence[int]) -> int:
         """Delete items (images or texts) by id; returns how many existed."""
-        ids = [int(i) for i in ids]
+        ids = [int(i) for i in ids if _valid_id(int(i))]
         if not ids:
             return 0
         with self._lock.hold(self.lock_timeout):
             with self.catalog.write() as w:
                 n = w.delete(ids)
-            self._sync_all()
+            self._sync()
         return n
 
     def rebuild(self) -> None:
         """Rebuild both FAISS indexes from the catalog's vectors (no re-embedding)."""
         with self._lock.hold(self.lock_timeout):
-            with self._swap_lock:
-                self._states = {}
-            for kind in KINDS:
-                for g in list_checkpoints(self.directory, kind):
-                    remove_stale_files(self.directory, kind, g + 1)
-            self._sync_all()
+            self._faiss.rebuild()
 
     # -- reporting -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counts, model, index types, recall, sizes and format version (``info --json``)."""
-        with self.catalog.snapshot():
-            counts = self.catalog.counts()
-            gen = self.catalog.generation()
-        m = self.manifest.model
-        indexes: dict[str, Any] = {}
-        faiss_bytes = 0
-        for target, kind in TARGETS.items():
-            state = self._states.get(kind)
-            if state is not None:
-                desc = state.describe()
-            else:
-                desc = {"type": None, "note": "not loaded"}
-                for g in list_checkpoints(self.directory, kind):
-                    try:
-                        meta = fx.read_checkpoint_info(self.directory, kind, g)
-                    except (OSError, ValueError):
-                        continue
-                    spec = meta["spec"]
-                    param = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch"}.get(
-                        spec["type"]
-                    )
-                    desc = {
-                        "type": spec["type"],
-                        "factory": spec["factory"],
-                        "vectors": meta["vectors"],
-                        "generation": meta["generation"],
-                        **({param: meta.get("value")} if param else {}),
-                        **meta.get("info", {}),
-                    }
-                    break
-            files = list_checkpoints(self.directory, kind)
-            if files:
-                size = (self.directory / f"{target}.{files[0]}.faiss").stat().st_size
-                desc["file_bytes"] = size
-                faiss_bytes += size
-            desc["up_to_date"] = desc.get("generation") == gen
-            indexes[target] = desc
-        catalog_bytes = self.catalog.file_bytes()
-        image_index = indexes["images"]
-        return {
-            "directory": str(self.directory),
-            "format_version": self.manifest.format_version,
-            "library_format_version": FORMAT_VERSION,
-            "schema_version": self.catalog.schema_version,
-            "images": counts["images"],
-            "texts": counts["texts"],
-            "skipped": counts["skipped"],
-            "skipped_by_reason": counts["skipped_by_reason"],
-            "model": m["model"],
-            "pretrained": m["pretrained"],
-            "weights_sha256": m["weights_sha256"],
-            "dim": int(m["dim"]),
-            "image_size": m.get("image_size"),
-            "precision": m.get("precision"),
-            "preprocess": self.manifest.preprocess,
-            "index_type": image_index.get("type"),
-            "index_settings": vars(self.manifest.index).copy(),
-            "max_pixels": self.max_pixels,
-            "recall@10": image_index.get("recall@10"),
-            "indexes": indexes,
-            "generation": gen,
-            "sizes": {
-                "catalog_bytes": catalog_bytes,
-                "faiss_bytes": faiss_bytes,
-                "total_bytes": catalog_bytes + faiss_bytes,
-            },
-        }
+        """Counts, model, index types, recall, sizes, damage and format version (``info``)."""
+        return index_stats(
+            self.directory, self.manifest, self.catalog, self._faiss, self.max_pixels
+        )

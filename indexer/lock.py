@@ -6,6 +6,7 @@ Readers never take it (SQLite WAL and immutable FAISS snapshots keep them consis
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexer.errors import IndexBusyError
+from indexer.errors import IndexBusyError, read_only
 from indexer.layout import LOCK
 
 # flock(2) locks belong to the open file, which a fork shares: a decoding worker forked while the
@@ -58,7 +59,13 @@ class WriteLock:
         if self._depth:
             self._depth += 1
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            self._thread_lock.release()
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise read_only(self.path.parent) from e
+            raise
         deadline = time.monotonic() + timeout
         while True:
             try:

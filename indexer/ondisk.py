@@ -33,7 +33,7 @@ import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
 from indexer import faiss_index as fx
-from indexer.index import Index
+from indexer.faiss_states import fits
 from indexer.layout import IndexSettings, atomic_write_bytes, tmp_name
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Part:
 
 def ondisk_spec(n: int, dim: int) -> fx.Spec:
     """IVF-PQ as ``choose_spec`` would pick it, with 4x fewer lists (k-means on 2 cores is the
-    bottleneck; ``Index._fits`` still accepts it, so a reopened index is never rebuilt)."""
+    bottleneck; ``faiss_states.fits`` still accepts it, so a reopened index is never rebuilt)."""
     want = fx.choose_spec(IndexSettings(type="ivfpq"), n, dim)
     return fx.Spec("ivfpq", max(1, want.nlist // 4), want.pq_m, want.pq_nbits)
 
@@ -130,15 +130,15 @@ def _trained(
     other: np.ndarray, train_size: int,
 ) -> tuple[faiss.Index, fx.Spec, dict[str, Any]]:  # fmt: skip
     """The trained empty index, its spec and what it learnt from: the one on disk while it still
-    suits ``n`` vectors (as ``Index._fits`` judges: within 4x of the lists it would pick), else
-    trained now (and every block made with the old codebooks is dropped)."""
+    suits ``n`` vectors (as ``faiss_states.fits`` judges: within 4x of the lists it would
+    pick), else trained now (and every block made with the old codebooks is dropped)."""
     index_path, info_path = root / "trained.faiss", root / "trained.json"
     mixed = len(other) >= fx.MIN_OTHER_FOR_MIXING
     want = fx.choose_spec(IndexSettings(type="ivfpq"), n, dim)
     with contextlib.suppress(OSError, ValueError, KeyError, RuntimeError):
         info = json.loads(info_path.read_text())
         have = fx.Spec.from_dict(info["spec"])
-        if Index._fits(have, want) and (info["trained_on"]["other_modality"] > 0 or not mixed):
+        if fits(have, want) and (info["trained_on"]["other_modality"] > 0 or not mixed):
             return faiss.read_index(str(index_path)), have, info
     t0 = time.perf_counter()
     spec = ondisk_spec(n, dim)

@@ -18,6 +18,7 @@ Two ways to decode in parallel with the encoder, chosen by ``default_workers``:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import multiprocessing
@@ -26,8 +27,8 @@ import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import faiss
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -120,6 +121,21 @@ def _init_worker(max_pixels: int, nice: int, _worker_id: int) -> None:
             os.nice(nice)
 
 
+def one_torch_thread_here() -> None:
+    """Run torch's parallel regions in the calling thread on one thread, leaving other threads'
+    counts alone. ``faiss.omp_set_num_threads`` cannot do it: torch and faiss share one OpenMP
+    runtime only when torch is loaded first (each bundles its own), and even then torch sets a
+    thread's count itself on its first parallel op there, undoing an earlier setting (measured:
+    faiss at 1 left torch at 2 in this thread). ``torch.set_num_threads`` would change the
+    default of every thread started later. So this calls the per-thread ``omp_set_num_threads``
+    of torch's own runtime, after torch has initialised this thread. A torch build without a
+    bundled libgomp (another OpenMP, or none) is left as it is."""
+    torch.get_num_threads()  # torch sets the thread's count on first use; ours must come after
+    runtime = sorted(Path(torch.__file__).parent.glob("lib/libgomp*.so*"))
+    if runtime:
+        ctypes.CDLL(str(runtime[0])).omp_set_num_threads(1)
+
+
 def _thread_batches(dataset: DecodeDataset, batch_size: int, prefetch: int) -> Iterator[Batch]:
     """Batches decoded by one background thread, ``prefetch`` batches ahead."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -136,9 +152,8 @@ def _thread_batches(dataset: DecodeDataset, batch_size: int, prefetch: int) -> I
         return False
 
     def produce() -> None:
-        # Small torch ops in the transforms must not start an OpenMP team of their own next to
-        # the encoder's: this thread's parallel regions run on one thread (a per-thread setting).
-        faiss.omp_set_num_threads(1)
+        # Small torch ops in the transforms must not start an OpenMP team next to the encoder's.
+        one_torch_thread_here()
         try:
             for start in range(0, len(dataset), batch_size):
                 stop_at = min(start + batch_size, len(dataset))

@@ -269,13 +269,14 @@ def test_page_static_files_and_docs(client):
         assert path in paths, path
 
 
-def test_cors_is_open(client):
-    r = client.options(
-        "/v1/search/text",
-        headers={"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"},
-    )
+def test_cors_for_allowed_origins(index):
+    with TestClient(app_for(index, cors_origins=["http://elsewhere.example"])) as c:
+        r = c.options(
+            "/v1/search/text",
+            headers={"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"},
+        )
     assert r.status_code == 200
-    assert r.headers["access-control-allow-origin"] in ("*", "http://elsewhere.example")
+    assert r.headers["access-control-allow-origin"] == "http://elsewhere.example"
 
 
 def test_read_key_guards_reads_but_not_health(index):

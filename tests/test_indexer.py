@@ -158,7 +158,10 @@ def test_faiss_files_are_rebuilt_from_the_catalog(tmp_path: Path) -> None:
         f.unlink()
     with Index.open(tmp_path / "idx", encoder=tiny_encoder()) as again:
         assert [(h.id, round(h.score, 5)) for h in again.search_text("a circle", k=10)] == before
-    assert list((tmp_path / "idx").glob("images.*.faiss"))  # written back by the reader
+    assert not list((tmp_path / "idx").glob("images.*.faiss"))  # readers never write
+    with Index.open_or_create(tmp_path / "idx", encoder=tiny_encoder()) as writer:
+        writer.add_texts(["a caption"])
+    assert list((tmp_path / "idx").glob("images.*.faiss"))  # the next writer checkpoints
 
 
 def test_remove_drops_ids_everywhere(tmp_path: Path) -> None:
@@ -187,9 +190,12 @@ def test_model_mismatch_is_refused_with_a_way_out(tmp_path: Path) -> None:
     msg = str(e.value)
     assert "clipsearch-tiny" in msg and "--pretrained none" in msg and "new --index" in msg
     with pytest.raises(ModelMismatchError, match="ViT-B-32"):
-        Index.create(tmp_path / "idx", model="ViT-B-32", pretrained="none")
+        Index.open_or_create(tmp_path / "idx", model="ViT-B-32", pretrained="none")
     # The matching model opens fine, by name or by encoder.
-    Index.create(tmp_path / "idx", *TINY, index_type=None).close()
+    Index.open_or_create(tmp_path / "idx", *TINY, index_type=None).close()
+    # create never opens: an index already there is refused.
+    with pytest.raises(IndexError_, match="already holds an index"):
+        Index.create(tmp_path / "idx", encoder=tiny_encoder())
 
 
 def test_open_errors(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_search_from_threads_during_add_remove_rebuild(tmp_path: Path) -> None:
                 else:
                     hits = index.search_vectors(rng.normal(size=(4, index.dim)), k=k)[0]
                 _check(hits, k, all_paths)
-                seen_sizes.add(index._state("image").ntotal)
+                seen_sizes.add(index._faiss.state("image").ntotal)
                 for h in hits[:3]:
                     got = index.get(h.id)
                     assert got is None or got.path == h.path

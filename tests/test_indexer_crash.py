@@ -41,7 +41,7 @@ if die_in_faiss_write == "1":
             f.write(b"half a faiss file")
         os.kill(os.getpid(), 9)
     fx.faiss.write_index = half_write
-index = Index.create(index_dir, encoder=encoder, batch_size=4, workers=int(workers))
+index = Index.open_or_create(index_dir, encoder=encoder, batch_size=4, workers=int(workers))
 index.add_images([pics])
 print("finished", flush=True)
 """
@@ -107,7 +107,7 @@ def test_sigkill_mid_run_then_rerun(tmp_path: Path, folder: tuple[Path, list[Pat
             other.add_images([pics])
         # Readers are not blocked; they see whole committed batches.
         other.reload_if_changed()
-        assert done <= other._state("image").ntotal <= len(good)
+        assert done <= other._faiss.state("image").ntotal <= len(good)
     _kill(proc, group=False)  # only the main process: its orphaned workers must not hold the lock
     done = _committed(index_dir)
     assert 8 <= done < len(good), "the kill should land mid-run"

@@ -118,15 +118,15 @@ def test_index_switches_to_ivf_and_reports_recall(tmp_path: Path) -> None:
     few = index.search_text("caption", k=50, path_prefix=str(tmp_path / "pics" / "img_0007.png"))
     assert [Path(h.path).name for h in few] == ["img_0007.png"]
     # Incremental changes go through deltas on the IVF index, not a retrain.
-    build_s = index._state("image").info["build_s"]
+    build_s = index._faiss.state("image").info["build_s"]
     index.remove([hits[0].id])
-    assert index._state("image").spec.type == "ivf"
-    assert index._state("image").info["build_s"] == build_s
+    assert index._faiss.state("image").spec.type == "ivf"
+    assert index._faiss.state("image").info["build_s"] == build_s
     assert index.stats()["images"] == 299
     # Switching type is a rebuild from the catalog's vectors, with the same ids.
     ids = sorted(h.id for h in index.search_text("caption", k=400))
     index.close()
-    again = Index.create(tmp_path / "idx", encoder=tiny_encoder(), index_type="hnsw")
+    again = Index.open_or_create(tmp_path / "idx", encoder=tiny_encoder(), index_type="hnsw")
     assert again.stats()["index_type"] == "hnsw"
     assert sorted(h.id for h in again.search_text("caption", k=400)) == ids
     assert again.stats()["indexes"]["images"]["recall@10"] is not None

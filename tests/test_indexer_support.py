@@ -61,7 +61,7 @@ def assert_one_vector_per_file(index, good: list[Path]) -> None:
     assert paths == sorted(str(p) for p in good)
     assert all(r[4] for r in rows)
     ids = sorted(r[0] for r in rows)
-    state = index._state("image")
+    state = index._faiss.state("image")
     assert state.ntotal == len(good)
     inner = state.index
     if hasattr(inner, "id_map"):
@@ -71,3 +71,14 @@ def assert_one_vector_per_file(index, good: list[Path]) -> None:
     for r in rows[:5]:
         hit = index.get(r[0])
         assert hit is not None and hit.path == r[1]
+
+
+def garble_catalog_pages(catalog: Path) -> None:
+    """Overwrite every page of a catalog after the first two (schema and meta) with noise."""
+    with sqlite3.connect(catalog) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(catalog.read_bytes())
+    for start in range(2 * page, len(data), page):
+        data[start : start + page] = b"\x0d" * page
+    catalog.write_bytes(bytes(data))

@@ -67,10 +67,10 @@ def test_ondisk_index_from_shards(tmp_path: Path) -> None:
         # A delta on an on-disk index is applied in place (one cannot clone it).
         victim = hits[0].id
         assert index.remove([victim]) == 1
-        state = index._state("image")
+        state = index._faiss.state("image")
         assert state.ntotal == 3 * SHARD - 1
         for h in index.search_vectors(last[:20], k=10):
             assert victim not in {x.id for x in h}
     with Index.open(idx, encoder=encoder) as index:
-        state = index._state("image")
+        state = index._faiss.state("image")
         assert state.ntotal == 3 * SHARD - 1 and state.info["ondisk"]

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import torch
 from fastapi import Request
-from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.errors import bad_request
+from app.errors import ApiError, bad_request
 from app.schemas import Hit, ImageBatch
 from app.service import SearchService
 from app.settings import Settings
-from app.uploads import b64decode, decode_image, too_large
+from app.uploads import b64decode, decode_image, decoded_pixels, too_large
 
 # OpenAPI for routes that take images as multipart ``files`` or JSON base64 (``ImageBatch``);
 # FastAPI cannot infer it because those routes read the request body themselves.
@@ -95,12 +96,48 @@ async def read_capped(upload: UploadFile, cap: int) -> bytes:
     return data
 
 
-async def decode_upload(data: bytes, settings: Settings, service: SearchService) -> Image.Image:
-    """Decode off the event loop: a large PNG takes long enough to stall every other request."""
-    draft = service.encoder.image_size
-    return await anyio.to_thread.run_sync(
-        decode_image, data, settings.max_upload_bytes, settings.max_image_pixels, draft
+async def decode_uploads(
+    blobs: Sequence[bytes], settings: Settings, service: SearchService
+) -> list[torch.Tensor]:
+    """The model's input tensors for a request's images, decoded off the event loop.
+
+    Every header is read first, so a request whose images would decode to more than
+    ``max_request_pixels`` is refused (413) before any is decoded. Each decode holds a slot of the
+    service's ``DecodeGate`` (429 when too many wait) until its image is reduced to the model's
+    input: memory is bounded by the slots, however many requests arrive.
+    """
+    encoder = service.encoder
+    total = sum(
+        decoded_pixels(
+            data, settings.max_upload_bytes, settings.max_image_pixels, encoder.image_size
+        )
+        for data in blobs
     )
+    if total > settings.max_request_pixels:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"the images of this request decode to {total} pixels, over the "
+            f"{settings.max_request_pixels}-pixel cap per request "
+            "(CLIPSEARCH_MAX_REQUEST_PIXELS); send fewer or smaller images per request",
+        )
+    out = []
+    for data in blobs:
+        async with service.decodes.slot():
+            out.append(await anyio.to_thread.run_sync(_model_input, data, settings, encoder))
+    return out
+
+
+def _model_input(data: bytes, settings: Settings, encoder: Any) -> torch.Tensor:
+    image = decode_image(
+        data, settings.max_upload_bytes, settings.max_image_pixels, encoder.image_size
+    )
+    return encoder.preprocess(image)
+
+
+async def decode_upload(data: bytes, settings: Settings, service: SearchService) -> torch.Tensor:
+    """One upload as the model's input tensor (see ``decode_uploads``)."""
+    return (await decode_uploads([data], settings, service))[0]
 
 
 def first_error(e: ValidationError) -> str:

@@ -26,13 +26,15 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
-from app.errors import bad_request
+from app.errors import bad_request, not_found
 from app.routes.common import check_query, decode_upload, first_error, image_url
+from app.schemas import ItemId
 from app.uploads import b64decode
 
 router = APIRouter(tags=["clip-retrieval compatibility"], dependencies=[ReadAccess])
 
 MAX_METADATA_IDS = 1000
+INT64_MAX = 2**63 - 1
 _OWN_IMAGE = re.compile(r"/v1/images/(\d+)(?:/thumbnail)?/?$")
 
 
@@ -67,7 +69,7 @@ class KnnRequest(BaseModel):
 class MetadataRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    ids: list[int] = Field(default_factory=list, max_length=MAX_METADATA_IDS)
+    ids: list[ItemId] = Field(default_factory=list, max_length=MAX_METADATA_IDS)
     indice_name: str | None = None
 
 
@@ -112,7 +114,9 @@ async def knn_service(
     _check_indice(body.indice_name, settings)
     target = "images" if body.modality == "image" else "texts"
     num_ids = body.num_result_ids if body.num_result_ids is not None else body.num_images
-    k = max(1, min(num_ids, settings.max_k))
+    if num_ids == 0:
+        return []
+    k = min(num_ids, settings.max_k)
     if body.text:
         query = check_query(body.text, settings, "text")
         hits = await service.search_text(query, k, target)
@@ -128,7 +132,10 @@ async def knn_service(
                     "are not fetched (send the image as base64 in 'image')",
                     "unsupported_image_url",
                 )
-            path = await service.get_image_path(int(match.group(1)))
+            item_id = int(match.group(1))
+            if item_id > INT64_MAX:
+                raise not_found(f"no item with id {item_id} in the index")
+            path = await service.get_image_path(item_id)
             hits = await service.search_image(path, k, target)
     elif body.embedding_input is not None:
         hits = await service.search_vector(np.asarray(body.embedding_input, np.float64), k, target)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep
-from app.routes.common import IMAGE_BATCH_BODY, check_count, check_query, decode_upload, image_blobs
+from app.routes.common import (
+    IMAGE_BATCH_BODY,
+    check_count,
+    check_query,
+    decode_uploads,
+    image_blobs,
+)
 from app.schemas import ERROR_RESPONSES, EmbedResponse, EmbedTextRequest
 
 router = APIRouter(
@@ -37,5 +43,5 @@ async def embed_image(
 ) -> EmbedResponse:
     """L2-normalised image embeddings: multipart ``files`` or JSON base64 ``images``."""
     blobs = await image_blobs(request, settings)
-    images = [await decode_upload(data, settings, service) for data in blobs]
-    return _response(service, await service.embed_images(images))
+    inputs = await decode_uploads(blobs, settings, service)
+    return _response(service, await service.embed_images(inputs))

@@ -32,4 +32,4 @@ async def readyz(service: ServiceDep) -> Response:
 async def metrics(metrics: MetricsDep, service: ServiceDep) -> Response:
     """Prometheus text format."""
     await anyio.to_thread.run_sync(service.refresh_size)  # stats() may touch the disk
-    return Response(metrics.render(), media_type=CONTENT_TYPE)
+    return Response(await anyio.to_thread.run_sync(metrics.render), media_type=CONTENT_TYPE)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse
 
 from app.deps import ReadAccess, ServiceDep, SettingsDep, ThumbnailsDep, WriteAccess
 from app.errors import ApiError
-from app.routes.common import IMAGE_BATCH_BODY, decode_upload, hit_out, image_blobs
-from app.schemas import ERROR_RESPONSES, AddImagesResponse, DeleteResponse
+from app.routes.common import IMAGE_BATCH_BODY, decode_uploads, hit_out, image_blobs
+from app.schemas import ERROR_RESPONSES, AddImagesResponse, DeleteResponse, ItemId
 from app.uploads import open_checked, save_upload
 
+PathId = Annotated[ItemId, Path(description="An image id, as search hits give it.")]
 router = APIRouter(prefix="/v1/images", tags=["images"], responses=ERROR_RESPONSES)
 
 
@@ -22,7 +25,7 @@ router = APIRouter(prefix="/v1/images", tags=["images"], responses=ERROR_RESPONS
     response_class=FileResponse,
     responses={200: {"content": {"image/*": {}}, "description": "The original file"}},
 )
-async def get_image(image_id: int, service: ServiceDep) -> FileResponse:
+async def get_image(image_id: PathId, service: ServiceDep) -> FileResponse:
     """The original file as indexed."""
     path = await service.get_image_path(image_id)
     return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
@@ -36,7 +39,7 @@ async def get_image(image_id: int, service: ServiceDep) -> FileResponse:
     responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail"}},
 )
 async def get_thumbnail(
-    image_id: int,
+    image_id: PathId,
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
@@ -70,9 +73,9 @@ async def add_images(
     Each file is fully decoded first, so a bad one fails the request before anything is stored.
     """
     blobs = await image_blobs(request, settings)
+    await decode_uploads(blobs, settings, service)  # refuse non-images, bombs, truncated files
     paths = []
     for data in blobs:
-        await decode_upload(data, settings, service)  # refuse non-images, bombs, truncated files
         fmt = open_checked(data, settings.max_image_pixels).format
         paths.append(await anyio.to_thread.run_sync(save_upload, data, fmt, settings.uploads))
     report, added = await service.add_images(paths)
@@ -80,7 +83,7 @@ async def add_images(
 
 
 @router.delete("/{image_id}", dependencies=[WriteAccess])
-async def delete_image(image_id: int, service: ServiceDep) -> DeleteResponse:
+async def delete_image(image_id: PathId, service: ServiceDep) -> DeleteResponse:
     """Remove an image from the index (its file stays where it is)."""
     hit = await service.get(image_id)
     if hit.kind != "image":

@@ -44,6 +44,16 @@ def _response(hits: list, body: SearchBase, request: Request, start: float) -> S
     )
 
 
+def _form_int(value: object, name: str, default: int) -> int:
+    """A whole number sent as a multipart field (fields are text, unlike JSON's typed numbers)."""
+    if value is None or value == "":
+        return default
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit():
+        raise bad_request(f"{name} must be a whole number, not {text[:40]!r}")
+    return int(text)
+
+
 @router.post("/text", responses=ERROR_RESPONSES)
 async def search_text(
     body: TextSearchRequest, request: Request, service: ServiceDep, settings: SettingsDep
@@ -104,7 +114,7 @@ async def search_image(
         try:
             body = ImageSearchRequest.model_validate(
                 {
-                    "k": form.get("k") or 10,
+                    "k": _form_int(form.get("k"), "k", 10),
                     "target": form.get("target") or "images",
                     "filter": {
                         "path_prefix": form.get("path_prefix") or None,
