@@ -206,7 +206,7 @@ def _sync(index: Index, threshold: int, train_size: int, recall_target: float | 
         with index.catalog.snapshot():
             gen = index.catalog.generation()
             if _ondisk_at(index.directory, gen):
-                index._sync_all()
+                index._sync()
                 return
             parts = _image_parts(index, _imported(index.catalog))
             alive = index.catalog.ids("image")
@@ -218,4 +218,4 @@ def _sync(index: Index, threshold: int, train_size: int, recall_target: float | 
         )
         index._checkpoint(state)
         ondisk.remove_stale(index.directory, state.info["ivfdata"])
-    index._sync_all()
+    index._sync()
