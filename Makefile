@@ -3,10 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-FLICKR_IMAGES := ../shared/data/flickr8k/images
-SAMPLE_IMAGES := runs/demo-samples
-# Flickr8k when ../shared has it; else the public-domain photos scikit-image ships (a fresh clone).
-DEMO_IMAGES ?= $(if $(wildcard $(FLICKR_IMAGES)),$(FLICKR_IMAGES),$(SAMPLE_IMAGES))
+FLICKR := ../shared/data/flickr8k
+DEMO_PHOTOS := runs/demo-photos
+# The 1,000 Flickr8k val photos (never trained on) when ../shared has them; else the public-domain
+# photos scikit-image ships (a fresh clone). Or any folder: make demo DEMO_IMAGES=~/Pictures
+DEMO_IMAGES ?= $(DEMO_PHOTOS)
 DEMO_INDEX ?= runs/demo-index
 CLI := $(VENV)/bin/clipsearch
 
@@ -41,23 +42,37 @@ test: lint browser
 	$(PY) -m pytest -q
 
 # The main job on its offline default: index a photo folder with the shipped model, then search it.
+define DEMO_PHOTOS_PY
+import csv, pathlib, shutil, sys
+flickr, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+if (flickr / "captions.csv").is_file():
+    rows = csv.DictReader(open(flickr / "captions.csv"))
+    val = sorted({r["filepath"] for r in rows if r["split"] == "val"})
+    for name in val:
+        link = dst / pathlib.Path(name).name
+        if not link.exists():
+            link.symlink_to((flickr / name).resolve())
+    print(f"indexing the {len(val)} Flickr8k val photos (never seen in training) from {flickr}")
+else:
+    import skimage
+    src = pathlib.Path(skimage.__file__).parent / "data"
+    for p in sorted(src.glob("*")):
+        if p.suffix in (".png", ".jpg"):
+            shutil.copy(p, dst)
+    print(f"{flickr} not found: indexing the sample photos scikit-image ships instead")
+endef
+export DEMO_PHOTOS_PY
+
 demo: setup
-ifeq ($(DEMO_IMAGES),$(SAMPLE_IMAGES))
-	@echo "$(FLICKR_IMAGES) not found: indexing the sample photos scikit-image ships instead"
-	$(PY) -c "import pathlib, shutil, skimage; \
-	  src = pathlib.Path(skimage.__file__).parent / 'data'; dst = pathlib.Path('$(SAMPLE_IMAGES)'); \
-	  dst.mkdir(parents=True, exist_ok=True); \
-	  [shutil.copy(p, dst) for p in sorted(src.glob('*')) if p.suffix in ('.png', '.jpg')]"
-	$(CLI) index $(DEMO_IMAGES) --index $(DEMO_INDEX)
-	$(CLI) info --index $(DEMO_INDEX)
-	$(CLI) search "a cat" --index $(DEMO_INDEX) -k 3
-	$(CLI) search '"a rocket" + "the sky" - 0.5:"text"' --index $(DEMO_INDEX) -k 3
-else
-	$(CLI) index $(DEMO_IMAGES) --index $(DEMO_INDEX)
-	$(CLI) info --index $(DEMO_INDEX)
-	$(CLI) search "a dog running through the grass" --index $(DEMO_INDEX) -k 5
-	$(CLI) search '"children playing" + "in the water" - 0.5:"adults"' --index $(DEMO_INDEX) -k 5
+ifeq ($(DEMO_IMAGES),$(DEMO_PHOTOS))
+	@$(PY) -c "$$DEMO_PHOTOS_PY" $(FLICKR) $(DEMO_PHOTOS)
 endif
+	$(CLI) index $(DEMO_IMAGES) --index $(DEMO_INDEX)
+	$(CLI) info --index $(DEMO_INDEX)
+	$(CLI) search "dog" --index $(DEMO_INDEX) -k 5
+	$(CLI) search "children playing in the water" --index $(DEMO_INDEX) -k 5
+	$(CLI) search '"a cat" + "on a sofa" - 0.5:"text"' --index $(DEMO_INDEX) -k 3
 
 serve: setup
 	$(CLI) serve --index $(DEMO_INDEX)

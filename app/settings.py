@@ -22,8 +22,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: str = Field("auto", description="Where the encoder runs: auto, cpu, cuda.")
-    precision: Literal["fp32", "bf16"] | None = Field(
-        None, description="Encoder precision; default: what the index was built with."
+    precision: Literal["auto", "fp32", "bf16"] | None = Field(
+        None, description="Encoder precision; default auto: bf16 with AMX or a GPU, else fp32."
     )
 
     api_key: SecretStr | None = Field(

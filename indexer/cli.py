@@ -36,7 +36,10 @@ PRETRAINED_OPT = typer.Option(
 )
 DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 PRECISION_OPT = typer.Option(
-    None, "--precision", help="fp32 or bf16 (bf16 is ~2x faster on CPUs with AVX-512 bf16)."
+    None,
+    "--precision",
+    help="auto (default: bf16 with AMX or a GPU, else fp32; measured in docs/benchmarks.md), "
+    "fp32 or bf16.",
 )
 
 

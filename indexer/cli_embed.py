@@ -27,7 +27,9 @@ POOL_OPT = typer.Option(
 THREADS_OPT = typer.Option(
     None, "--actor-threads", min=1, help="Ray: torch threads of each CPU encoder actor (1)."
 )
-PRECISION_OPT = typer.Option("fp32", "--precision", help="fp32 or bf16.")
+PRECISION_OPT = typer.Option(
+    "auto", "--precision", help="auto (bf16 with AMX or a GPU, else fp32), fp32 or bf16."
+)
 
 
 @app.command("embed")

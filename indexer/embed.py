@@ -44,7 +44,7 @@ class EmbedOptions:
     model: str | None = None
     pretrained: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     engine: str = "local"
     address: str | None = None
     batch_size: int = 32

@@ -121,7 +121,7 @@ class Index:
         precision = opts.pop("precision", None)
         settings = fx.updated_settings(IndexSettings(), index_type or "auto", opts)
         if encoder is None:
-            encoder = Encoder.load(model, pretrained, device, precision or "fp32")
+            encoder = Encoder.load(model, pretrained, device, precision or "auto")
         made = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
         try:
@@ -236,7 +236,8 @@ class Index:
                         m["model"],
                         m["pretrained"],
                         self._device,
-                        self._precision or m.get("precision", "fp32"),
+                        # The host's fastest, not the builder's: precision is no part of identity.
+                        self._precision or "auto",
                     )
                     given = encoder.provenance.to_dict()
                     if identity(given) != identity(m):

@@ -41,7 +41,7 @@ def _perturb(model: torch.nn.Module, seed: int = 1) -> None:
 def tiny() -> Encoder:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Encoder.load(TINY, "none", device="cpu")
+        return Encoder.load(TINY, "none", device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_batch_size_invariance(tiny: Encoder) -> None:
 
 def test_random_init_is_deterministic(tiny: Encoder) -> None:
     torch.manual_seed(12345)  # the global RNG state must not matter
-    other = Encoder.load(TINY, "none", device="cpu")
+    other = Encoder.load(TINY, "none", device="cpu", precision="fp32")
     np.testing.assert_array_equal(other.encode_texts(TEXTS), tiny.encode_texts(TEXTS))
     np.testing.assert_array_equal(other.encode_images(_images()), tiny.encode_images(_images()))
 

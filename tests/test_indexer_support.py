@@ -22,7 +22,7 @@ def tiny_encoder() -> Encoder:
     """Deterministic random weights, loaded once per test process (encoders hold no state)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Encoder.load(*TINY, device="cpu")
+        return Encoder.load(*TINY, device="cpu", precision="fp32")
 
 
 def write_images(
