@@ -45,7 +45,6 @@ from indexer.results import Hit, IndexReport
 from indexer.stats import index_stats
 from indexer.texts import sha256_text
 from models.images import to_rgb
-from models.query_templates import embed_queries
 
 if TYPE_CHECKING:  # torch and open_clip load when an encoder is first needed, not at import
     from models.encoder import Encoder
@@ -287,8 +286,7 @@ class Index:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors of ``texts``: by the loaded encoder, else by the index's torch-free
-        text tower when it has one (``indexer.query_text``), else by the encoder loaded now;
-        short queries through prompt templates (``models.query_templates``)."""
+        text tower when it has one (``indexer.query_text``), else by the encoder loaded now."""
         encoder: Encoder | LiteTextEncoder
         if self._encoder is None and self._lite_text is None:
             self._lite_text = query_text.load(self.directory, self.manifest.model)
@@ -296,7 +294,7 @@ class Index:
             encoder = self._lite_text
         else:
             encoder = self.encoder
-        return embed_queries(encoder.encode_texts, list(texts))
+        return encoder.encode_texts(list(texts))
 
     def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
         """The vector of one image (a file is decoded as the indexer does: pixel cap, EXIF)."""

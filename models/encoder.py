@@ -22,7 +22,6 @@ from safetensors import SafetensorError
 from models import registry, weights
 from models.errors import ModelError
 from models.images import open_rgb
-from models.query_templates import embed_queries
 from models.trunks import init_from_packages
 
 log = logging.getLogger(__name__)
@@ -196,9 +195,6 @@ class Encoder:
             raise ModelError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if precision == "auto":
             precision = auto_precision(device)
-        if device.type == "cpu":
-            # Subnormal activations of pretrained convolutions cost ~30 % of CPU time (measured).
-            torch.set_flush_denormal(True)
         self.loaded = loaded
         self.device = device
         self.precision = precision
@@ -291,12 +287,3 @@ class Encoder:
             feats = self.model.encode_text(tokens, normalize=True)
             out.append(feats.float().cpu().numpy())
         return np.concatenate(out)
-
-    def encode_queries(
-        self, queries: Sequence[str], templates: Sequence[str] | None = None
-    ) -> np.ndarray:
-        """Embed search queries, short ones through prompt templates (see query_templates)."""
-        try:
-            return embed_queries(self.encode_texts, queries, templates)
-        except ValueError as e:
-            raise ModelError(str(e)) from e

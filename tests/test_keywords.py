@@ -45,7 +45,7 @@ def test_ranking_metrics_by_hand() -> None:
 
 
 def test_short_queries_are_the_mean_of_their_templates() -> None:
-    from models.query_templates import embed_queries
+    from models.keywords import embed_queries
 
     def embed(texts: list[str]) -> np.ndarray:
         # A stand-in text tower: one-hot rows by text, so means are easy to check.
