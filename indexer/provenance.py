@@ -22,9 +22,17 @@ def mismatch(
     directory: Path, built: dict[str, Any], given: dict[str, Any] | str
 ) -> ModelMismatchError:
     given_text = given if isinstance(given, str) else f"the encoder given is {_describe(given)}"
+    reindex = ""
+    if isinstance(given, dict):
+        weights = f" --pretrained {given['pretrained']}" if given.get("pretrained") else ""
+        reindex = (
+            f". To re-index with {given['model']} instead: clipsearch index FOLDER... --index "
+            f"{directory.parent / (directory.name + '-' + str(given['model']))} "
+            f"--model {given['model']}{weights} (and clipsearch index-text for its texts)"
+        )
     return ModelMismatchError(
         f"the index in {directory} was built with {_describe(built)}, but {given_text}; "
         "vectors of different models cannot be compared. Pass "
         f"--model {built['model']} --pretrained {built['pretrained']} to use this index, or a new "
-        "--index directory for the other model"
+        f"--index directory for the other model{reindex}"
     )

@@ -189,6 +189,9 @@ def test_model_mismatch_is_refused_with_a_way_out(tmp_path: Path) -> None:
         Index.open(tmp_path / "idx", encoder=other)
     msg = str(e.value)
     assert "clipsearch-tiny" in msg and "--pretrained none" in msg and "new --index" in msg
+    # ... and the command that re-indexes with the other model.
+    assert f"clipsearch index FOLDER... --index {tmp_path / 'idx-clipsearch-tiny'}" in msg
+    assert f"--model clipsearch-tiny --pretrained {other_dir}" in msg
     with pytest.raises(ModelMismatchError, match="ViT-B-32"):
         Index.open_or_create(tmp_path / "idx", model="ViT-B-32", pretrained="none")
     # The matching model opens fine, by name or by encoder.
