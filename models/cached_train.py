@@ -48,6 +48,7 @@ from models.train import (
     group_by_image,
     lr_at,
     param_groups,
+    read_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -377,12 +378,7 @@ class CachedTrainer:
 
     def resume(self) -> None:
         path = self.out / "checkpoints" / "latest.pt"
-        if not path.is_file():
-            raise CheckpointError(f"nothing to resume: {path} does not exist")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        state = read_checkpoint(path, self.device)
         if state.get("model") != self.loaded.name or state.get("format") != CACHE_FORMAT:
             raise CheckpointError(f"{path} holds another run ({state.get('model')!r})")
         self.loaded.model.load_state_dict(state["state_dict"])

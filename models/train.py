@@ -245,6 +245,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
+def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A run's ``latest.pt``, or a CheckpointError that says what is wrong with it."""
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+
+
 class Trainer:
     """Owns one run: model, data, optimizer, checkpoints and logs under ``cfg.out``."""
 
@@ -376,12 +386,7 @@ class Trainer:
     def resume(self, path: Path | None = None) -> None:
         """Restore model, optimizer, step, epoch and RNG from ``latest.pt`` (or ``path``)."""
         path = path or self.ckpt_dir / "latest.pt"
-        if not path.is_file():
-            raise CheckpointError(f"nothing to resume: {path} does not exist")
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        state = read_checkpoint(path, self.device)
         if state.get("format") not in (1, CHECKPOINT_FORMAT):
             raise CheckpointError(
                 f"{path} has checkpoint format {state.get('format')}, this version reads "
