@@ -36,6 +36,7 @@ from indexer.layout import (
     atomic_write_bytes,
     list_checkpoints,
     read_manifest,
+    remove_stale_files,
     write_manifest,
 )
 from indexer.provenance import _describe, identity
@@ -55,10 +56,11 @@ def _open(directory: Path, source: dict[str, Any], lock_timeout: float) -> Index
                 f"the index in {directory} was built with {_describe(manifest.model)}, but the "
                 f"embeddings come from {_describe(model)}; import them into a new --index"
             )
+        catalog = Catalog(directory / CATALOG, int(model["dim"]))
     else:
         manifest = Manifest(model=model, preprocess=source.get("preprocess", ""))
         directory.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(directory / CATALOG, int(model["dim"]))
+        catalog = Catalog.create(directory / CATALOG, int(model["dim"]))
     index = Index(directory, manifest, catalog, None, load=False, lock_timeout=lock_timeout)
     if not (directory / MANIFEST).is_file():
         with index._lock.hold(lock_timeout):
@@ -216,6 +218,7 @@ def _sync(index: Index, threshold: int, train_size: int, recall_target: float | 
         state = ondisk.build(
             index.directory, parts, alive, other, gen, manifest.index.recall_target, train_size
         )
-        index._checkpoint(state)
+        fx.save_checkpoint(index.directory, state)
+        remove_stale_files(index.directory, state.kind, state.gen)
         ondisk.remove_stale(index.directory, state.info["ivfdata"])
     index._sync()

@@ -28,7 +28,6 @@ from indexer.catalog import Catalog, ItemRow
 from indexer.decode import Skip, decode, read_bytes, resolve_max_pixels
 from indexer.errors import IndexError_, QueryError
 from indexer.faiss_states import FaissStates
-from indexer.ingest import index_images
 from indexer.layout import (
     CATALOG,
     MANIFEST,
@@ -199,9 +198,9 @@ class Index:
             if model is not None and model != built["model"]:
                 given = f"--model {model} --pretrained {pretrained or '(default)'} was given"
                 raise mismatch(directory, built, given)
-            encoder = Encoder.load(
-                model or built["model"], pretrained, device, precision or built["precision"]
-            )
+            from models.encoder import Encoder
+
+            encoder = Encoder.load(model or built["model"], pretrained, device, precision or "auto")
         index = cls.open(
             directory, encoder=encoder, device=device, precision=precision, lazy=True, **opts
         )
@@ -451,6 +450,8 @@ class Index:
             paths = [paths]
         encoder = self.encoder
         with self._lock.hold(self.lock_timeout):
+            from indexer.ingest import index_images  # loads torch: only writers need it
+
             report = index_images(
                 self.catalog,
                 encoder,

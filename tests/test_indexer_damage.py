@@ -114,7 +114,7 @@ def test_info_and_search_on_a_read_only_filesystem(idx: Path) -> None:
     info = _run_read_only(idx, "info", "--index", str(idx), "--json")
     assert info.returncode == 0, info.stderr
     assert '"images": 12' in info.stdout
-    found = _run_read_only(idx, "search", "--index", str(idx), "--text", "a red circle", "-k", "2")
+    found = _run_read_only(idx, "search", "a red circle", "--index", str(idx), "-k", "2")
     assert found.returncode == 0, found.stderr
     assert len([line for line in found.stdout.splitlines() if "#" in line]) == 2
 
