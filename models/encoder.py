@@ -101,7 +101,7 @@ def auto_precision(device: torch.device) -> str:
     """The faster precision on this host for our convolutional and transformer towers.
 
     Measured (docs/benchmarks.md): with AMX, bf16 doubles EfficientNet-Lite2 (19 -> 38 img/s);
-    on Zen 4, whose AVX-512 bf16 has no matrix unit, bf16 runs the depthwise convolutions 12x
+    on an AMD EPYC host without AVX-512 or AMX, bf16 runs the depthwise convolutions 12x
     slower than fp32 (16.3 -> 1.3 img/s). So bf16 with AMX or a bf16-capable GPU, else fp32.
     """
     if device.type == "cuda":
