@@ -226,7 +226,7 @@ class CachedTrainer:
         for p in model.parameters():
             p.requires_grad_(False)
         self.heads = [model.visual.head, model.text.proj]
-        self.tops = [m for m in self.image_split.trainable() + self.text_split.trainable()]
+        self.tops = self.image_split.trainable() + self.text_split.trainable()
         for m in self.tops:
             for p in m.parameters():
                 p.requires_grad_(True)
