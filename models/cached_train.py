@@ -111,15 +111,22 @@ class FeatureCache:
     ) -> None:
         self.dir, self.loaded, self.device, self.workers = directory, loaded, device, workers
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._digests: dict[tuple[str, ...], str] = {}
 
     def digest(self, prefixes: tuple[str, ...]) -> str:
-        """Identity of the weights a bottom computes with, so caches follow weights, not names."""
+        """Identity of the weights a bottom computes with, so caches follow weights, not names.
+
+        Hashed once per bottom: every view of the train and val images shares it (the bottoms are
+        frozen for the whole run)."""
+        if prefixes in self._digests:
+            return self._digests[prefixes]
         h = hashlib.sha256(f"{CACHE_FORMAT}".encode())
         for name, value in self.loaded.model.state_dict().items():
             if name.startswith(prefixes):
                 h.update(name.encode())
                 h.update(value.detach().float().cpu().numpy().tobytes())
-        return h.hexdigest()[:20]
+        self._digests[prefixes] = h.hexdigest()[:20]
+        return self._digests[prefixes]
 
     @torch.inference_mode()
     def images(
