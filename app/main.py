@@ -1,6 +1,7 @@
 """``create_app(settings)``: the FastAPI application, its routers, middleware and lifespan.
 
-Run it with ``clipsearch serve --index DIR``; OpenAPI docs are at ``/docs``.
+Run it with ``clipsearch serve --index DIR``; the search page is at ``/``, the API docs at
+``/docs`` and ``/redoc`` (offline: assets served from a package).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from app import errors
 from app.limits import BodyLimitMiddleware
 from app.metrics import Metrics, MetricsMiddleware
 from app.ports import IndexPort
-from app.routes import compat, embed, health, images, search
+from app.routes import compat, docs, embed, health, images, search
 from app.routes import index as index_routes
 from app.schemas import add_body_schemas, state_limits
 from app.service import SearchService
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None, index: IndexPort | None = None)
         summary="Semantic image search with a CLIP-style dual encoder.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served by app.routes.docs from local assets (no CDN)
+        redoc_url=None,
     )
     default_openapi = app.openapi
 
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None, index: IndexPort | None = None)
     app.state.thumbnails = ThumbnailCache(settings.thumbnail_cache_items)
 
     errors.install(app)
+    docs.install(app)
     for router in (
         search.router,
         images.router,

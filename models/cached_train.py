@@ -9,7 +9,11 @@ top: the projection heads (``--unlock-image-stages 0 --unlock-text-layers 0``: a
 in seconds) or also the last image stages and text layers, at ``trunk_lr_scale`` times the head
 learning rate. BatchNorm statistics stay frozen, as the cache assumes.
 
-Each epoch draws, for every training image, one view and one of its captions; validation
+Each epoch draws, for every training image, one view and one of its captions. With
+``keyword_texts`` each batch also gets that many one-word texts, nouns drawn from its images'
+captions ("dog"), each matched to every image of the batch whose captions use the noun
+(``models.loss.multi_positive_clip_loss``): the short queries people type, which full-sentence
+captions alone do not teach. Validation
 embeds the cached evaluation crops of the val images and their captions through the same top, so
 the selected epoch is chosen on exactly what the exported model computes.
 """
@@ -39,7 +43,8 @@ from models.encoder import LoadedModel, load_model, resolve_device
 from models.errors import CheckpointError, ClipsearchError
 from models.evaluate import retrieval_metrics
 from models.images import open_rgb
-from models.loss import ClipLoss, clamp_logit_scale
+from models.keywords import frequent_nouns, ranking_metrics, uses
+from models.loss import ClipLoss, clamp_logit_scale, multi_positive_clip_loss
 from models.tower_split import ImageSplit, TextSplit
 from models.train import (
     TrainConfig,
@@ -55,6 +60,8 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 TEXT_BATCH = 256
+KEYWORD_VOCABULARY = 1000  # the most frequent nouns of the training captions
+VAL_KEYWORDS = 50  # as `clipsearch eval keywords`
 
 
 def _key(*parts: Any) -> str:
@@ -224,6 +231,18 @@ class CachedTrainer:
             self.val_t2i[caps] = image
         if len(self.images) < cfg.batch_size:
             raise ClipsearchError(f"{len(self.images)} images are fewer than one batch")
+        # Keyword texts: the nouns, and which images' captions use each (images x nouns).
+        self.keywords: list[str] = []
+        self.keyword_of = np.zeros((len(self.images), 0), bool)
+        if cfg.keyword_texts:
+            self.keywords = frequent_nouns(self.captions, KEYWORD_VOCABULARY)
+            self.keyword_of = self._uses(self.captions_of, self.captions, self.keywords)
+            self.val_keywords = frequent_nouns(self.val_captions, VAL_KEYWORDS)
+            self.val_keyword_of = self._uses(val_caps_of, self.val_captions, self.val_keywords)
+            log.info(
+                "keyword texts: %d nouns, %d per batch; val: %s",
+                len(self.keywords), cfg.keyword_texts, ", ".join(self.val_keywords[:10]),
+            )  # fmt: skip
 
         self.loaded = load_model(cfg.model, cfg.pretrained, device=self.device)
         model = self.loaded.model
@@ -260,6 +279,13 @@ class CachedTrainer:
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
         self.cache = FeatureCache(cache_dir, self.loaded, self.device, cfg.workers)
 
+    @staticmethod
+    def _uses(captions_of: list, captions: list[str], nouns: list[str]) -> np.ndarray:
+        image_of = np.empty(len(captions), np.int64)
+        for image, caps in enumerate(captions_of):
+            image_of[caps] = image
+        return uses(captions, image_of, nouns, len(captions_of)).T
+
     # --- caches ---------------------------------------------------------------------------
     def build_caches(self) -> None:
         """Run every frozen bottom once (or reuse the files of an earlier run)."""
@@ -271,6 +297,14 @@ class CachedTrainer:
         self.val_view = self.cache.images(self.image_split, self.val_images, 0, 0, scale)
         self.train_text = self.cache.texts(self.text_split, self.captions)
         self.val_text = self.cache.texts(self.text_split, self.val_captions)
+        if self.keywords:  # keyword k is text row len(captions) + k
+            flat, offsets = self.train_text
+            kflat, koffsets = self.cache.texts(self.text_split, self.keywords)
+            self.train_text = (
+                np.concatenate([flat, kflat]),
+                np.concatenate([offsets, offsets[-1] + koffsets[1:]]),
+            )
+            self.val_keyword_text = self.cache.texts(self.text_split, self.val_keywords)
 
     # --- training -------------------------------------------------------------------------
     def _autocast(self) -> torch.autocast:
@@ -315,15 +349,19 @@ class CachedTrainer:
                 if len(chosen):
                     parts.append((chosen, self._image_batch(self.train_views[v], chosen)))
             rows = np.concatenate([c for c, _ in parts])
-            hidden, mask = text_batch(*self.train_text, caption[rows], pooled)
+            text_rows, positives = self._texts_for(rows, caption[rows])
+            hidden, mask = text_batch(*self.train_text, text_rows, pooled)
             with self._autocast():
                 image_f = torch.cat([self.image_split.top(x) for _, x in parts])
                 text_f = self.text_split.top(hidden.to(self.device), mask.to(self.device))
-                loss = self.loss_fn(
-                    F.normalize(image_f.float(), dim=-1),
-                    F.normalize(text_f.float(), dim=-1),
-                    model.logit_scale,
-                )
+                image_f = F.normalize(image_f.float(), dim=-1)
+                text_f = F.normalize(text_f.float(), dim=-1)
+                if positives is None:
+                    loss = self.loss_fn(image_f, text_f, model.logit_scale)
+                else:
+                    loss = multi_positive_clip_loss(
+                        image_f, text_f, model.logit_scale, positives.to(self.device)
+                    )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -344,6 +382,25 @@ class CachedTrainer:
                 )  # fmt: skip
         return float(np.mean(losses))
 
+    def _texts_for(
+        self, rows: np.ndarray, captions: np.ndarray
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The batch's text rows: one caption per image, then ``keyword_texts`` nouns of
+        randomly chosen images (seeded by run, epoch and step) with the (images, texts) matrix
+        of which images each text matches; no matrix without keywords (one caption each)."""
+        if not self.keywords:
+            return captions, None
+        rng = np.random.default_rng([self.cfg.seed, self.epoch, self.step, 1])
+        has = np.flatnonzero(self.keyword_of[rows].any(axis=1))
+        picked = rng.choice(has, min(self.cfg.keyword_texts, len(has)), replace=False)
+        words = np.array(
+            [rng.choice(np.flatnonzero(self.keyword_of[rows[i]])) for i in picked], np.int64
+        )
+        positives = np.concatenate(
+            [np.eye(len(rows), dtype=bool), self.keyword_of[rows][:, words]], axis=1
+        )
+        return np.concatenate([captions, len(self.captions) + words]), torch.from_numpy(positives)
+
     @torch.inference_mode()
     def validate(self) -> dict[str, Any]:
         """Recall on the val split, through exactly the tops being trained."""
@@ -361,7 +418,17 @@ class CachedTrainer:
             with self._autocast():
                 feats = self.text_split.top(hidden.to(self.device), mask.to(self.device))
             text_emb.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
-        return retrieval_metrics(np.concatenate(image_emb), np.concatenate(text_emb), self.val_t2i)
+        image_emb_all = np.concatenate(image_emb)
+        result = retrieval_metrics(image_emb_all, np.concatenate(text_emb), self.val_t2i)
+        if self.keywords:  # one-word queries, as `clipsearch eval keywords` measures them
+            hidden, mask = text_batch(
+                *self.val_keyword_text, np.arange(len(self.val_keywords)), pooled
+            )
+            with self._autocast():
+                feats = self.text_split.top(hidden.to(self.device), mask.to(self.device))
+            words = F.normalize(feats.float(), dim=-1).cpu().numpy()
+            result["keywords"] = ranking_metrics(words @ image_emb_all.T, self.val_keyword_of.T)
+        return result
 
     # --- checkpoints ----------------------------------------------------------------------
     @property
@@ -409,6 +476,8 @@ class CachedTrainer:
                 self.epoch += 1
                 val = self.validate()
                 score = sum(v for d in ("image_to_text", "text_to_image") for v in val[d].values())
+                if "keywords" in val:  # P@10 in points, as the recalls are
+                    score += 100 * val["keywords"]["P@10"]
                 elapsed = round(time.perf_counter() - t0, 1)
                 entry = {"epoch": self.epoch, "step": self.step, "loss": loss, "val": val,
                          "score": score, "elapsed_s": elapsed}  # fmt: skip

@@ -81,6 +81,13 @@ def train_command(
     image_views: int = typer.Option(
         2, min=0, help="With --cached-trunks: augmented views cached per training image."
     ),
+    keyword_texts: int = typer.Option(
+        0,
+        min=0,
+        help="With --cached-trunks: add this many one-word texts per batch (a noun of one of "
+        "the batch's captions), matched to every image of the batch whose captions use it; "
+        "teaches the short queries people type.",
+    ),
     unlock_image_stages: int = typer.Option(
         0, min=0, help="With --cached-trunks: last image stages trained (0: head only)."
     ),
@@ -133,6 +140,7 @@ def train_command(
         checkpoint_every=checkpoint_every,
         cached_trunks=cached_trunks,
         image_views=image_views,
+        keyword_texts=keyword_texts,
         unlock_image_stages=unlock_image_stages,
         unlock_text_layers=unlock_text_layers,
         trunk_lr_scale=trunk_lr_scale,

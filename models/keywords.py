@@ -125,17 +125,25 @@ def frequent_nouns(captions: Sequence[str], n: int = 50) -> list[str]:
     return kept[:n]
 
 
-def relevance(pairs: Sequence[Pair], nouns: Sequence[str]) -> np.ndarray:
-    """Boolean (nouns, images): image j has a caption using noun i; images in first-seen order."""
-    items, image_of = _unique_images(pairs)
+def uses(
+    captions: Sequence[str], image_of: Sequence[int], nouns: Sequence[str], n_images: int
+) -> np.ndarray:
+    """Boolean (nouns, images): image j has a caption (``captions[c]`` of image ``image_of[c]``)
+    that uses noun i, singular or plural."""
     column = {w: i for i, w in enumerate(nouns)}
-    rel = np.zeros((len(nouns), len(items)), bool)
-    for pair, image in zip(pairs, image_of, strict=True):
-        for word in set(WORD.findall(pair.text.lower())):
+    rel = np.zeros((len(nouns), n_images), bool)
+    for caption, image in zip(captions, image_of, strict=True):
+        for word in set(WORD.findall(caption.lower())):
             i = column.get(noun_lemma(word) or "")
             if i is not None:
                 rel[i, image] = True
     return rel
+
+
+def relevance(pairs: Sequence[Pair], nouns: Sequence[str]) -> np.ndarray:
+    """Boolean (nouns, images): image j has a caption using noun i; images in first-seen order."""
+    items, image_of = _unique_images(pairs)
+    return uses([p.text for p in pairs], image_of, nouns, len(items))
 
 
 def ranking_metrics(scores: np.ndarray, rel: np.ndarray, k: int = 10) -> dict[str, float]:

@@ -86,6 +86,31 @@ class SigLipLoss(nn.Module):
         return -F.logsigmoid(labels * logits).sum() / len(images)
 
 
+def multi_positive_clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    positives: torch.Tensor,
+) -> torch.Tensor:
+    """InfoNCE where a text may match several images: a keyword ("dog") matches every image of
+    the batch whose captions use it, so those images must not be pushed apart from it.
+
+    ``positives`` is a (images, texts) boolean matrix with at least one True in every row and
+    column; the targets are uniform over each row's (column's) positives. With the identity
+    matrix (texts = images, one caption each) this is exactly ``ClipLoss`` in one process.
+    """
+    n_images, n_texts = image_features.shape[0], text_features.shape[0]
+    if positives.shape != (n_images, n_texts):
+        raise ValueError(f"positives {tuple(positives.shape)} is not ({n_images}, {n_texts})")
+    if not (positives.any(dim=1).all() and positives.any(dim=0).all()):
+        raise ValueError("every image and every text needs at least one positive")
+    logits = logit_scale.exp() * image_features @ text_features.T
+    targets = positives.to(logits.dtype)
+    per_image = -(targets / targets.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1)
+    per_text = -(targets / targets.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0)
+    return (per_image.mean() + per_text.mean()) / 2
+
+
 LOSSES: dict[str, type[nn.Module]] = {"clip": ClipLoss, "siglip": SigLipLoss}
 
 

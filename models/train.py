@@ -89,6 +89,7 @@ class TrainConfig:
     # The cached-trunk recipe (models.cached_train): frozen bottoms run once per view.
     cached_trunks: bool = False
     image_views: int = 2
+    keyword_texts: int = 0
     unlock_image_stages: int = 0
     unlock_text_layers: int = 0
     trunk_lr_scale: float = 0.1

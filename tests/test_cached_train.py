@@ -81,3 +81,35 @@ def test_views_are_augmented_and_deterministic(data: Path) -> None:
     assert len(shapes) == 2  # train (32 images) and val (16) caches
     train_views = [a for a in arrays if a.shape[0] == 32]
     assert len(train_views) == 2 and not np.allclose(train_views[0], train_views[1])
+
+
+def test_keyword_texts_match_every_image_whose_captions_use_the_noun(
+    data: Path, tmp_path: Path
+) -> None:
+    from models.cached_train import CachedTrainer
+
+    with pytest.warns(UserWarning, match="random weights"):
+        trainer = CachedTrainer(config(data, tmp_path / "kw", keyword_texts=8))
+    assert {"circle", "triangle", "background"} <= set(trainer.keywords)  # "square": ADJ too
+    rows = np.arange(16)
+    captions = np.array([trainer.captions_of[i][0] for i in rows])
+    text_rows, positives = trainer._texts_for(rows, captions)
+    assert len(text_rows) == 24 and tuple(positives.shape) == (16, 24)
+    assert np.array_equal(positives[:, :16].numpy(), np.eye(16, dtype=bool))
+    for j, row in enumerate(text_rows[16:]):
+        word = trainer.keywords[row - len(trainer.captions)]
+        expected = [
+            any(word in trainer.captions[c].split() for c in trainer.captions_of[i]) for i in rows
+        ]
+        assert positives[:, 16 + j].tolist() == expected, word
+        assert sum(expected) >= 1
+
+
+def test_keyword_training_reports_one_word_queries(data: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="random weights"):
+        result = train(config(data, tmp_path / "kw", keyword_texts=8, epochs=2))
+    rows = [
+        json.loads(line) for line in (tmp_path / "kw" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert all(0.0 <= r["val"]["keywords"]["P@10"] <= 1.0 for r in rows)
+    assert result["val"]["keywords"] == rows[result["epoch"]]["val"]["keywords"]
