@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,13 @@ MIN_TRAIN = 256  # fewer vectors than this: exact search, nothing to train on
 OTHER_SHARE = 0.3  # at most this share of a training sample comes from the other modality
 MIN_OTHER_FOR_MIXING = 100  # other-modality vectors that make a single-modality index retrain
 HNSW_EF = (16, 32, 64, 128, 256, 512)
+# PQ codes rank close neighbours coarsely (recall@10 saturates near 0.45 on clustered data,
+# docs/benchmarks.md): fetch this many candidates per query, re-score them with the float vectors.
+RERANK_FACTOR = 10
+RERANK_MIN = 100
+
+# ids (sorted, unique) -> (the ids found, sorted; their float32 vectors): where exact vectors live.
+Lookup = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,58 @@ def search(
     return index.search(queries, k, params=params)
 
 
+def candidates(spec: Spec, k: int) -> int:
+    """How many hits to ask the index for so that re-ranking can return the true top ``k``."""
+    return max(k * RERANK_FACTOR, RERANK_MIN) if spec.type == "ivfpq" else k
+
+
+def array_lookup(ids: np.ndarray, vectors: np.ndarray) -> Lookup:
+    """A ``Lookup`` over vectors held in memory (a build's own input)."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+
+    def lookup(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(sorted_ids) - 1, 0))
+        hit = sorted_ids[pos] == wanted if len(sorted_ids) else np.zeros(len(wanted), bool)
+        return wanted[hit], np.asarray(vectors[order[pos[hit]]], dtype=np.float32)
+
+    return lookup
+
+
+def rerank(
+    queries: np.ndarray, ids: np.ndarray, lookup: Lookup, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of each row's candidate ``ids`` by exact inner product with its query;
+    candidates the lookup no longer has (deleted since) drop out. (scores, ids), -1 padded."""
+    found, vecs = lookup(np.unique(ids[ids >= 0]))
+    scores = np.full(ids.shape, -np.inf, np.float32)
+    if len(found):
+        pos = np.clip(np.searchsorted(found, ids), 0, len(found) - 1)
+        valid = (ids >= 0) & (found[pos] == ids)
+        exact = np.einsum("qd,qcd->qc", queries, vecs[pos], optimize=True)
+        scores = np.where(valid, exact, -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_s = np.take_along_axis(scores, order, axis=1)
+    top_i = np.where(np.isfinite(top_s), np.take_along_axis(ids, order, axis=1), -1)
+    return top_s, top_i
+
+
+def search_reranked(
+    index: faiss.Index,
+    spec: Spec,
+    value: int,
+    queries: np.ndarray,
+    k: int,
+    lookup: Lookup | None,
+    selector: faiss.IDSelector | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``search``, re-ranked with exact vectors when the codes are lossy and ``lookup`` is given."""
+    if lookup is None or spec.type != "ivfpq":
+        return search(index, spec, value, queries, k, selector)
+    _, ids = search(index, spec, value, queries, candidates(spec, k), selector)
+    return rerank(queries, ids, lookup, k)
+
+
 def exact_topk(db: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Ids of the exact top ``k`` by inner product, (n, k) (-1 padded)."""
     out = np.full((len(queries), k), -1, dtype=np.int64)
@@ -322,8 +382,10 @@ def _tune(
     truth: np.ndarray,
     self_ids: np.ndarray,
     target: float,
+    lookup: Lookup | None = None,
 ) -> tuple[int, float, list[tuple[int, float]]]:
-    """The smallest nprobe/efSearch reaching ``target`` recall, or where recall stops rising."""
+    """The smallest nprobe/efSearch reaching ``target`` recall, or where recall stops rising
+    (re-ranked through ``lookup``, as searches will be)."""
     if spec.trained:
         values = sorted({min(spec.nlist, 1 << i) for i in range(0, 17)})
     else:
@@ -331,7 +393,7 @@ def _tune(
     curve: list[tuple[int, float]] = []
     k = truth.shape[1]
     for v in values:
-        _, ids = search(index, spec, v, queries, k)
+        _, ids = search_reranked(index, spec, v, queries, k, lookup)
         r = recall_at_k(ids, truth, self_ids, RECALL_K)
         curve.append((v, round(r, 4)))
         if r >= target:
@@ -389,13 +451,16 @@ def build_state(
     queries = np.concatenate([vectors[hold], other_hold]).astype(np.float32)
     self_ids = np.concatenate([ids[hold], np.full(len(other_hold), -1, np.int64)])
     info: dict[str, Any] = {"built_vectors": n, "exact": False}
+    if spec.type == "ivfpq":
+        info["rerank"] = f"{RERANK_FACTOR}x k candidates (at least {RERANK_MIN})"
     if trained_on:
         info["trained_on"] = trained_on
     value = 64 if spec.type == "hnsw" else max(1, spec.nlist // 16)
     if len(queries):
         truth = exact_topk(vectors, ids, queries, RECALL_K + 1)
-        value, recall, curve = _tune(index, spec, queries, truth, self_ids, recall_target)
-        _, got = search(index, spec, value, queries, RECALL_K + 1)
+        lookup = array_lookup(ids, vectors)
+        value, recall, curve = _tune(index, spec, queries, truth, self_ids, recall_target, lookup)
+        _, got = search_reranked(index, spec, value, queries, RECALL_K + 1, lookup)
         info["recall@10"] = round(recall, 4)
         info["recall@10_by_query"] = {
             q: round(recall_at_k(got[sl], truth[sl], self_ids[sl], RECALL_K), 4)

@@ -374,7 +374,7 @@ class Index:
             selector, allowed = self._prefixes.get(path_prefix)
             if allowed == 0:
                 return [[] for _ in range(len(queries))]
-        fetch = min(int(k), state.ntotal)
+        fetch = min(fx.candidates(state.spec, int(k)), state.ntotal)
         want = min(fetch, allowed)
         threads = faiss.omp_get_max_threads()
         if len(queries) <= SMALL_BATCH:
@@ -392,6 +392,10 @@ class Index:
         finally:
             if len(queries) <= SMALL_BATCH:
                 faiss.omp_set_num_threads(threads)
+        if state.spec.type == "ivfpq":  # lossy codes: re-score the candidates with the catalog's float vectors
+            scores, ids = fx.rerank(
+                queries, ids, lambda wanted: self.catalog.vectors(kind, wanted.tolist()), int(k)
+            )
         rows = self.catalog.rows(np.unique(ids[ids >= 0]).tolist())
         out = []
         for srow, irow in zip(scores, ids, strict=True):

@@ -117,6 +117,12 @@ def thumbnails_loaded(page) -> bool:
     return True
 
 
+def error_shown(page) -> str:
+    """The status line once it shows an error."""
+    page.wait_for_function("() => document.getElementById('status').classList.contains('error')")
+    return page.inner_text("#status")
+
+
 def hit_ids(page) -> list[int]:
     return [int(c.get_attribute("data-id")) for c in page.query_selector_all("#results .hit")]
 
@@ -153,8 +159,7 @@ def test_an_expression_is_searched_as_the_library_parses_it(page, site):
     assert hit_ids(page) == [h.id for h in search(index, expression, k=24)]
     page.fill("#query", '"red" + ')
     page.press("#query", "Enter")
-    page.wait_for_function("() => document.getElementById('status').classList.contains('error')")
-    assert "422" in page.inner_text("#status")
+    assert "422" in error_shown(page)
 
 
 def test_the_url_holds_the_search_and_back_forward_replay_it(page, site):
@@ -339,8 +344,7 @@ def test_errors_are_shown_not_thrown(page):
     page.fill("#query", "x" * 1000)
     page.evaluate("() => { document.getElementById('query').value += 'yy'; }")  # past maxlength
     page.press("#query", "Enter")
-    page.wait_for_function("() => document.getElementById('status').classList.contains('error')")
-    assert "422" in page.inner_text("#status")
+    assert "422" in error_shown(page)
 
 
 def test_a_phone_width_layout_keeps_every_control_on_screen(browser, site):
@@ -376,8 +380,7 @@ def test_a_stopped_server_is_reported_as_unreachable(browser, site):
         )
     page.fill("#query", "a red circle")
     page.press("#query", "Enter")
-    page.wait_for_function("() => document.getElementById('status').classList.contains('error')")
-    status = page.inner_text("#status")
+    status = error_shown(page)
     assert "Server unreachable" in status and "clipsearch serve" in status, status
     assert "Failed to fetch" not in status
     context.close()

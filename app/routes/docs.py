@@ -27,22 +27,19 @@ def install(app: FastAPI) -> None:
         raise RuntimeError(f"fastapi-offline at {ASSETS} lacks {missing}: reinstall it")
     app.mount(f"/{PREFIX}", StaticFiles(directory=ASSETS), name=PREFIX)
 
+    page = {"openapi_url": "openapi.json", "title": f"{app.title}: API"}
+    icon = f"{PREFIX}/favicon.png"
+
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
+        js, css = f"{PREFIX}/swagger-ui-bundle.js", f"{PREFIX}/swagger-ui.css"
         return get_swagger_ui_html(
-            openapi_url="openapi.json",
-            title=f"{app.title}: API",
-            swagger_js_url=f"{PREFIX}/swagger-ui-bundle.js",
-            swagger_css_url=f"{PREFIX}/swagger-ui.css",
-            swagger_favicon_url=f"{PREFIX}/favicon.png",
+            **page, swagger_js_url=js, swagger_css_url=css, swagger_favicon_url=icon
         )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
+        js = f"{PREFIX}/redoc.standalone.js"
         return get_redoc_html(
-            openapi_url="openapi.json",
-            title=f"{app.title}: API",
-            redoc_js_url=f"{PREFIX}/redoc.standalone.js",
-            redoc_favicon_url=f"{PREFIX}/favicon.png",
-            with_google_fonts=False,
+            **page, redoc_js_url=js, redoc_favicon_url=icon, with_google_fonts=False
         )
