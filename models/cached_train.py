@@ -11,8 +11,8 @@ learning rate. BatchNorm statistics stay frozen, as the cache assumes.
 
 Each epoch draws, for every training image, one view and one of its captions. With
 ``keyword_texts`` each batch also gets that many one-word texts, nouns drawn from its images'
-captions ("dog"), each matched to every image of the batch whose captions use the noun
-(``models.loss.multi_positive_clip_loss``): the short queries people type, which full-sentence
+captions ("dog"), each of which must pick out the batch's images whose captions use the noun
+(``models.loss.keyword_clip_loss``): the short queries people type, which full-sentence
 captions alone do not teach. Validation
 embeds the cached evaluation crops of the val images and their captions through the same top, so
 the selected epoch is chosen on exactly what the exported model computes.
@@ -44,7 +44,7 @@ from models.errors import CheckpointError, ClipsearchError
 from models.evaluate import retrieval_metrics
 from models.images import open_rgb
 from models.keywords import frequent_nouns, ranking_metrics, uses
-from models.loss import ClipLoss, clamp_logit_scale, multi_positive_clip_loss
+from models.loss import ClipLoss, clamp_logit_scale, keyword_clip_loss
 from models.tower_split import ImageSplit, TextSplit
 from models.train import (
     TrainConfig,
@@ -359,8 +359,13 @@ class CachedTrainer:
                 if positives is None:
                     loss = self.loss_fn(image_f, text_f, model.logit_scale)
                 else:
-                    loss = multi_positive_clip_loss(
-                        image_f, text_f, model.logit_scale, positives.to(self.device)
+                    n = len(rows)
+                    loss = keyword_clip_loss(
+                        image_f,
+                        text_f[:n],
+                        text_f[n:],
+                        model.logit_scale,
+                        positives.to(self.device),
                     )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -386,8 +391,8 @@ class CachedTrainer:
         self, rows: np.ndarray, captions: np.ndarray
     ) -> tuple[np.ndarray, torch.Tensor | None]:
         """The batch's text rows: one caption per image, then ``keyword_texts`` nouns of
-        randomly chosen images (seeded by run, epoch and step) with the (images, texts) matrix
-        of which images each text matches; no matrix without keywords (one caption each)."""
+        randomly chosen images (seeded by run, epoch and step) with the (images, keywords)
+        matrix of which images each keyword matches; no matrix without keywords."""
         if not self.keywords:
             return captions, None
         rng = np.random.default_rng([self.cfg.seed, self.epoch, self.step, 1])
@@ -396,9 +401,7 @@ class CachedTrainer:
         words = np.array(
             [rng.choice(np.flatnonzero(self.keyword_of[rows[i]])) for i in picked], np.int64
         )
-        positives = np.concatenate(
-            [np.eye(len(rows), dtype=bool), self.keyword_of[rows][:, words]], axis=1
-        )
+        positives = self.keyword_of[rows][:, words]
         return np.concatenate([captions, len(self.captions) + words]), torch.from_numpy(positives)
 
     @torch.inference_mode()

@@ -15,7 +15,7 @@ from models.loss import (
     SigLipLoss,
     clamp_logit_scale,
     create_loss,
-    multi_positive_clip_loss,
+    keyword_clip_loss,
 )
 
 # Three unit vectors in 2-D for the images and three for the captions, written out.
@@ -61,55 +61,50 @@ def test_clip_loss_matches_hand_computation() -> None:
     assert loss.item() == pytest.approx(expected, abs=1e-10)
 
 
-def test_multi_positive_loss_with_one_caption_each_is_the_clip_loss() -> None:
+def test_keyword_loss_without_keywords_is_the_clip_loss() -> None:
     images, texts = _tensors()
     scale = torch.tensor(math.log(5.0), dtype=torch.float64)
-    eye = torch.eye(3, dtype=torch.bool)
+    none = torch.zeros((3, 0), dtype=torch.bool)
     expected = ClipLoss()(images, texts, scale)
-    assert multi_positive_clip_loss(images, texts, scale, eye).item() == pytest.approx(
-        expected.item(), abs=1e-12
-    )
+    loss = keyword_clip_loss(images, texts, texts[:0], scale, none)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-12)
 
 
-def test_multi_positive_loss_matches_hand_computation() -> None:
-    # Images 0-2 with their captions 0-2, plus a keyword text (the third text again) that
-    # images 1 and 2 both use: image 1's targets are texts 1 and 3 (half each), text 3's are
-    # images 1 and 2.
+def test_keyword_loss_matches_hand_computation() -> None:
+    # Images 0-2 with captions 0-2, plus two keywords: the first used by images 1 and 2's
+    # captions (target: half each), the second by image 0's only.
     scale = 5.0
-    keyword = TEXTS[2]
-    texts = [*TEXTS, keyword]
-    logits = [[scale * _dot(i, t) for t in texts] for i in IMAGES]
-    positives = [
-        [True, False, False, False],
-        [False, True, False, True],
-        [False, False, True, True],
-    ]
+    keywords = [[0.0, 1.0], [1.0, 0.0]]
+    positives = [[False, True], [True, False], [True, False]]
+    logits = _logits(scale)
+    by_columns = [list(col) for col in zip(*logits, strict=True)]
+    clip = (_cross_entropy(logits) + _cross_entropy(by_columns)) / 2
 
     def soft_ce(row: list[float], targets: list[bool]) -> float:
         lse = math.log(sum(math.exp(x) for x in row))
         chosen = [x for x, t in zip(row, targets, strict=True) if t]
         return sum(lse - x for x in chosen) / len(chosen)
 
-    per_image = [soft_ce(r, p) for r, p in zip(logits, positives, strict=True)]
-    columns = [list(c) for c in zip(*logits, strict=True)]
-    targets = [list(c) for c in zip(*positives, strict=True)]
-    per_text = [soft_ce(c, t) for c, t in zip(columns, targets, strict=True)]
-    expected = (sum(per_image) / 3 + sum(per_text) / 4) / 2
-    loss = multi_positive_clip_loss(
-        torch.tensor(IMAGES, dtype=torch.float64),
-        torch.tensor(texts, dtype=torch.float64),
+    word_rows = [[scale * _dot(w, i) for i in IMAGES] for w in keywords]
+    columns = [list(c) for c in zip(*positives, strict=True)]
+    expected = clip + sum(soft_ce(r, t) for r, t in zip(word_rows, columns, strict=True)) / 2
+    images, texts = _tensors()
+    loss = keyword_clip_loss(
+        images,
+        texts,
+        torch.tensor(keywords, dtype=torch.float64),
         torch.tensor(math.log(scale), dtype=torch.float64),
         torch.tensor(positives),
     )
     assert loss.item() == pytest.approx(expected, abs=1e-10)
 
 
-def test_multi_positive_loss_refuses_a_text_without_a_positive() -> None:
+def test_keyword_loss_refuses_a_keyword_no_image_uses() -> None:
     images, texts = _tensors()
-    positives = torch.eye(3, dtype=torch.bool)
-    positives[2, 2] = False
-    with pytest.raises(ValueError, match="at least one positive"):
-        multi_positive_clip_loss(images, texts, torch.tensor(0.0), positives)
+    with pytest.raises(ValueError, match="at least one image"):
+        keyword_clip_loss(
+            images, texts, texts[:1], torch.tensor(0.0), torch.zeros((3, 1), dtype=torch.bool)
+        )
 
 
 def _log_sigmoid(x: float) -> float:
