@@ -173,7 +173,7 @@ def evaluate_keywords(
     image_emb = embed_image_files(encoder, items, batch_size, num_workers, progress)
     bare = embed_queries(encoder.encode_texts, nouns, ("{}",)) @ image_emb.T
     prompted = embed_queries(encoder.encode_texts, nouns, templates) @ image_emb.T
-    top10 = np.argsort(-prompted, axis=1, kind="stable")[:, :10]
+    top10 = np.argsort(-bare, axis=1, kind="stable")[:, :10]  # as search embeds queries
     per_word = np.take_along_axis(rel, top10, axis=1).mean(axis=1)
     return {
         "bare": ranking_metrics(bare, rel),

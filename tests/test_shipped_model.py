@@ -45,7 +45,7 @@ def _swatches(root: Path) -> list[Pair]:
 
 @pytest.mark.parametrize(
     ("model", "floor"),
-    # Measured top-1 (models/MODEL_CARD.md): clipsearch-base 33.3 %, clipsearch-flickr8k 93.8 %.
+    # Measured top-1 (models/MODEL_CARD.md): clipsearch-base 37.5 %, clipsearch-flickr8k 93.8 %.
     # The ImageNet trunk was trained to ignore colour shifts; the from-scratch ResNet learnt colour
     # words from Flickr captions. Chance is 16.7 % (6 classes).
     [(DEFAULT_MODEL, 25.0), ("clipsearch-flickr8k", 50.0)],
