@@ -392,7 +392,7 @@ class Index:
         finally:
             if len(queries) <= SMALL_BATCH:
                 faiss.omp_set_num_threads(threads)
-        if state.spec.type == "ivfpq":  # lossy codes: re-score the candidates with the catalog's float vectors
+        if state.spec.type == "ivfpq":  # lossy codes: re-score candidates with the float vectors
             scores, ids = fx.rerank(
                 queries, ids, lambda wanted: self.catalog.vectors(kind, wanted.tolist()), int(k)
             )
