@@ -23,6 +23,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +104,29 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class AnonPeak:
+    """Peak anonymous memory (``RssAnon``, sampled every 0.2 s): what the process allocated,
+    without the file-backed pages of memory-mapped shards that the kernel can drop at will."""
+
+    def __init__(self) -> None:
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib / 1024
+
+
 def _parts(src: Path) -> list:
     """Every image shard of ``src`` as an on-disk builder part whose ids are row numbers."""
     from indexer import ondisk
@@ -143,6 +167,7 @@ def build(args: argparse.Namespace) -> None:
     from indexer.from_shards import index_from_embeddings
 
     t0 = time.perf_counter()
+    anon = AnonPeak()
     index = None
     if args.faiss_only:
         parts = _parts(args.src)
@@ -154,11 +179,15 @@ def build(args: argparse.Namespace) -> None:
     else:
         report = index_from_embeddings(args.src, args.index, ondisk_threshold=args.ondisk_threshold)
         index = Index.open(args.index, lazy=True)
-        state = index._state("image")
+        state = index._faiss.state("image")
         summary = report.summary()
     build_s = time.perf_counter() - t0
-    rss = _peak_rss_mib()
-    print(f"{summary}; build {build_s:.0f} s, peak RSS {rss:.0f} MiB", flush=True)
+    rss, anon_mib = _peak_rss_mib(), anon.stop()
+    print(
+        f"{summary}; build {build_s:.0f} s, peak RSS {rss:.0f} MiB "
+        f"(anonymous, without mapped shard pages: {anon_mib:.0f} MiB)",
+        flush=True,
+    )
     mixture = Mixture(int(state.index.d), args.clusters)
     queries = mixture.sample(np.random.default_rng(7), args.queries)  # not in the index
     t1 = time.perf_counter()
@@ -203,6 +232,7 @@ def build(args: argparse.Namespace) -> None:
                 "train_s": state.info.get("train_s"),
                 "fill_s": state.info.get("fill_s"),
                 "peak_rss_mib": round(rss),
+                "peak_anon_mib": round(anon_mib),
                 "index_recall@10": state.info.get("recall@10"),
                 "index_nprobe": state.value,
                 "exact_scan_s": round(exact_s, 1),
@@ -230,7 +260,7 @@ def text_recall(args: argparse.Namespace) -> None:
     from indexer import faiss_index as fx
 
     recall = fx.recall_at_k(got, truth, np.full(len(texts), -1), 10)
-    state = index._state("image")
+    state = index._faiss.state("image")
     print(
         f"text queries: {len(texts)}, index {state.spec.factory()} nprobe {state.value}: "
         f"recall@10 {recall:.3f}"

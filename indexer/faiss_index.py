@@ -57,8 +57,8 @@ MIN_OTHER_FOR_MIXING = 100  # other-modality vectors that make a single-modality
 HNSW_EF = (16, 32, 64, 128, 256, 512)
 # PQ codes rank close neighbours coarsely (recall@10 saturates near 0.45 on clustered data,
 # docs/benchmarks.md): fetch this many candidates per query, re-score them with the float vectors.
-RERANK_FACTOR = 10
-RERANK_MIN = 100
+RERANK_FACTOR = 20
+RERANK_MIN = 200
 
 # ids (sorted, unique) -> (the ids found, sorted; their float32 vectors): where exact vectors live.
 Lookup = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
