@@ -443,3 +443,11 @@ def test_a_read_key_typed_into_the_page_unlocks_search_and_images(browser, site)
         )
         assert page.get_attribute("#viewer-open", "href").startswith("blob:")
         context.close()
+
+
+def test_load_more_is_not_offered_when_every_item_is_shown(page, site):
+    base, _, _ = site
+    page.goto(base + "/?q=a+shape&target=texts&k=4")  # exactly the index's four texts
+    wait_done(page, "“a shape”")
+    assert len(hit_ids(page)) == 4
+    assert page.is_hidden("#more")

@@ -16,6 +16,7 @@ const DEFAULT_K = 24;
 const uploads = []; // the files dropped or chosen since the page loaded: {file, url}
 let resultBlobs = []; // object URLs made for the current results (keyed thumbnails)
 let maxK = 100; // the server's, from /v1/index
+let counts = { images: Infinity, texts: Infinity }; // what the index holds, from /v1/index
 let generation = 0; // a newer search makes the answers of older ones stale
 let current = null; // {state, limit}: what the grid shows
 
@@ -187,7 +188,8 @@ async function fetchHits(state, limit, append) {
     if (gen !== generation) return;
     render(body.hits, append);
     current = { state, limit };
-    more.hidden = body.hits.length < limit || limit >= maxK;
+    const all = body.hits.length >= counts[state.target] && !filterOf(state); // nothing left
+    more.hidden = body.hits.length < limit || limit >= maxK || all;
     const n = body.hits.length;
     setStatus(`${n} result${n === 1 ? "" : "s"} for ${what} in ${body.took_ms.toFixed(1)} ms`);
   } catch (e) {
@@ -400,6 +402,7 @@ async function loadStats() {
     const info = await api("v1/index", { headers: headers() });
     const s = info.stats;
     maxK = info.service.max_k;
+    counts = { images: s.images, texts: s.texts };
     $("stats").textContent = `${s.images} images · ${s.texts} texts · ${info.provenance.model}`;
     return true;
   } catch (e) {
