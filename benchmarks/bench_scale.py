@@ -198,7 +198,7 @@ def build(args: argparse.Namespace) -> None:
     if args.faiss_only:
         lookup = ondisk._parts_lookup(parts, [np.ones(len(p.ids), bool) for p in parts])
     else:
-        lookup = lambda wanted: index.catalog.vectors("image", wanted.tolist())  # noqa: E731
+        lookup = index.catalog_lookup("image")
     rows = []
     for value in values:
         row: list[float] = [value]

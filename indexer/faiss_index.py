@@ -254,17 +254,23 @@ def candidates(spec: Spec, k: int) -> int:
     return max(k * RERANK_FACTOR, RERANK_MIN) if spec.type == "ivfpq" else k
 
 
-def array_lookup(ids: np.ndarray, vectors: np.ndarray) -> Lookup:
-    """A ``Lookup`` over vectors held in memory (a build's own input)."""
+def id_lookup(ids: np.ndarray, rows: Callable[[np.ndarray], np.ndarray]) -> Lookup:
+    """A ``Lookup`` over ``ids``: ``rows(positions)`` gives the float32 vectors stored at those
+    positions of ``ids``; wanted ids that ``ids`` lacks are left out."""
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
 
     def lookup(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(sorted_ids) - 1, 0))
         hit = sorted_ids[pos] == wanted if len(sorted_ids) else np.zeros(len(wanted), bool)
-        return wanted[hit], np.asarray(vectors[order[pos[hit]]], dtype=np.float32)
+        return wanted[hit], rows(order[pos[hit]])
 
     return lookup
+
+
+def array_lookup(ids: np.ndarray, vectors: np.ndarray) -> Lookup:
+    """A ``Lookup`` over vectors held in memory (a build's own input)."""
+    return id_lookup(ids, lambda at: np.asarray(vectors[at], dtype=np.float32))
 
 
 def rerank(

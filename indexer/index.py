@@ -393,9 +393,7 @@ class Index:
             if len(queries) <= SMALL_BATCH:
                 faiss.omp_set_num_threads(threads)
         if state.spec.type == "ivfpq":  # lossy codes: re-score candidates with the float vectors
-            scores, ids = fx.rerank(
-                queries, ids, lambda wanted: self.catalog.vectors(kind, wanted.tolist()), int(k)
-            )
+            scores, ids = fx.rerank(queries, ids, self.catalog_lookup(kind), int(k))
         rows = self.catalog.rows(np.unique(ids[ids >= 0]).tolist())
         out = []
         for srow, irow in zip(scores, ids, strict=True):
@@ -406,6 +404,10 @@ class Index:
                     hits.append(self._hit(row, float(score)))
             out.append(hits)
         return out
+
+    def catalog_lookup(self, kind: str) -> fx.Lookup:
+        """The catalog's float vectors of ``kind`` as a ``faiss_index.Lookup`` (re-ranking)."""
+        return lambda wanted: self.catalog.vectors(kind, wanted.tolist())
 
     @staticmethod
     def _hit(row: ItemRow, score: float) -> Hit:

@@ -114,21 +114,16 @@ def _parts_lookup(parts: Sequence[Part], keep: list[np.ndarray]) -> fx.Lookup:
     ids = np.concatenate([p.ids[m] for p, m in zip(parts, keep, strict=True)])
     part_of = np.concatenate([np.full(int(m.sum()), j, np.int32) for j, m in enumerate(keep)])
     row_of = np.concatenate([np.flatnonzero(m) for m in keep])
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
 
-    def lookup(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, len(sorted_ids) - 1)
-        hit = sorted_ids[pos] == wanted
-        at = order[pos[hit]]
+    def rows(at: np.ndarray) -> np.ndarray:
         out = np.empty((len(at), parts[0].vectors.shape[1]), np.float32)
         for j, part in enumerate(parts):
             mine = part_of[at] == j
             if mine.any():
                 out[mine] = part.vectors[row_of[at[mine]]]
-        return wanted[hit], out
+        return out
 
-    return lookup
+    return fx.id_lookup(ids, rows)
 
 
 def _keep_masks(parts: Sequence[Part], alive: np.ndarray) -> list[np.ndarray]:

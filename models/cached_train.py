@@ -194,6 +194,22 @@ class FeatureCache:
         return np.load(path, mmap_mode="r"), offsets
 
 
+def _caption_images(captions_of: list[list[int]], n_captions: int) -> np.ndarray:
+    """For each caption index, the image it describes (``group_by_image``'s grouping inverted)."""
+    image_of = np.empty(n_captions, np.int64)
+    for image, caps in enumerate(captions_of):
+        image_of[caps] = image
+    return image_of
+
+
+def _keyword_matrix(
+    captions_of: list[list[int]], captions: list[str], nouns: list[str]
+) -> np.ndarray:
+    """Boolean (images, nouns): image i has a caption that uses noun j."""
+    image_of = _caption_images(captions_of, len(captions))
+    return uses(captions, image_of, nouns, len(captions_of)).T
+
+
 def text_batch(
     flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pooled: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,9 +242,7 @@ class CachedTrainer:
         )
         self.images, self.captions_of, self.captions = group_by_image(pairs)
         self.val_images, val_caps_of, self.val_captions = group_by_image(val)
-        self.val_t2i = np.empty(len(self.val_captions), np.int64)
-        for image, caps in enumerate(val_caps_of):
-            self.val_t2i[caps] = image
+        self.val_t2i = _caption_images(val_caps_of, len(self.val_captions))
         if len(self.images) < cfg.batch_size:
             raise ClipsearchError(f"{len(self.images)} images are fewer than one batch")
         # Keyword texts: the nouns, and which images' captions use each (images x nouns).
@@ -236,9 +250,9 @@ class CachedTrainer:
         self.keyword_of = np.zeros((len(self.images), 0), bool)
         if cfg.keyword_texts:
             self.keywords = frequent_nouns(self.captions, KEYWORD_VOCABULARY)
-            self.keyword_of = self._uses(self.captions_of, self.captions, self.keywords)
+            self.keyword_of = _keyword_matrix(self.captions_of, self.captions, self.keywords)
             self.val_keywords = frequent_nouns(self.val_captions, VAL_KEYWORDS)
-            self.val_keyword_of = self._uses(val_caps_of, self.val_captions, self.val_keywords)
+            self.val_keyword_of = _keyword_matrix(val_caps_of, self.val_captions, self.val_keywords)
             log.info(
                 "keyword texts: %d nouns, %d per batch; val: %s",
                 len(self.keywords), cfg.keyword_texts, ", ".join(self.val_keywords[:10]),
@@ -278,13 +292,6 @@ class CachedTrainer:
 
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
         self.cache = FeatureCache(cache_dir, self.loaded, self.device, cfg.workers)
-
-    @staticmethod
-    def _uses(captions_of: list, captions: list[str], nouns: list[str]) -> np.ndarray:
-        image_of = np.empty(len(captions), np.int64)
-        for image, caps in enumerate(captions_of):
-            image_of[caps] = image
-        return uses(captions, image_of, nouns, len(captions_of)).T
 
     # --- caches ---------------------------------------------------------------------------
     def build_caches(self) -> None:

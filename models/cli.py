@@ -239,23 +239,23 @@ WorkersOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 or bf16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")]
+CaptionDataOpt = Annotated[
+    str,
+    typer.Option("--data", help="CSV/TSV/JSONL file with an image path and a caption per row."),
+]
+TextColOpt = Annotated[str, typer.Option("--text-col", help="Column holding captions.")]
 
 
 @eval_app.command("retrieval")
 def eval_retrieval(
-    data: Annotated[
-        str,
-        typer.Option("--data", help="CSV/TSV/JSONL file with an image path and a caption per row."),
-    ],
+    data: CaptionDataOpt,
     image_root: ImageRootOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     split: SplitOpt = None,
     split_col: SplitColOpt = "split",
     image_col: ImageColOpt = "filepath",
-    text_col: Annotated[
-        str, typer.Option("--text-col", help="Column holding captions.")
-    ] = "caption",
+    text_col: TextColOpt = "caption",
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -309,19 +309,14 @@ def eval_zeroshot(
 
 @eval_app.command("keywords")
 def eval_keywords(
-    data: Annotated[
-        str,
-        typer.Option("--data", help="CSV/TSV/JSONL file with an image path and a caption per row."),
-    ],
+    data: CaptionDataOpt,
     image_root: ImageRootOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     split: SplitOpt = None,
     split_col: SplitColOpt = "split",
     image_col: ImageColOpt = "filepath",
-    text_col: Annotated[
-        str, typer.Option("--text-col", help="Column holding captions.")
-    ] = "caption",
+    text_col: TextColOpt = "caption",
     words: Annotated[
         int, typer.Option("--words", min=1, help="How many of the most frequent nouns to query.")
     ] = 50,

@@ -170,9 +170,7 @@ function request(state, k) {
   data.append("file", upload.file, upload.file.name || "image");
   data.append("k", String(k));
   data.append("target", state.target);
-  if (state.path) data.append("path_prefix", state.path);
-  if (state.from) data.append("taken_from", state.from);
-  if (state.to) data.append("taken_to", state.to);
+  for (const [name, value] of Object.entries(filterOf(state) || {})) data.append(name, value);
   return ["v1/search/image", { method: "POST", headers: headers(), body: data }];
 }
 
