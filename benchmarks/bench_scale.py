@@ -6,13 +6,21 @@
     python benchmarks/bench_scale.py gen --n 10000000 --out /tmp/syn10m
     # (b) index them (on-disk IVF-PQ above --ondisk-threshold): RSS, time, p50 and recall per nprobe
     python benchmarks/bench_scale.py build --src /tmp/syn10m --index /tmp/idx10m
-    # (c) recall@10 of text queries (the model's text tower) on a built index
-    python benchmarks/bench_scale.py text-recall --src /tmp/syn1m --index /tmp/idx1m
+    # (c) 1M vectors around real Flickr8k image embeddings, queried with real held-out captions
+    clipsearch embed ../shared/data/flickr8k/images --out /tmp/flickr-emb
+    python benchmarks/bench_scale.py gen --n 1000000 --out /tmp/anc1m --anchors /tmp/flickr-emb
+    python benchmarks/bench_scale.py build --src /tmp/anc1m --index /tmp/idx1m \
+        --ondisk-threshold 500000
+    python benchmarks/bench_scale.py text-recall --src /tmp/anc1m --index /tmp/idx1m \
+        --captions ../shared/data/flickr8k/captions.csv --split val
 
 The synthetic vectors are a Gaussian mixture on the sphere: cluster sizes follow a Zipf law, each
 cluster is a centre plus an anisotropic spread (its own decaying variances over the axes of a
 random rotation), all around a shared mean direction (real CLIP embeddings sit in a cone). On
 uniform random vectors IVF recall means nothing; here neighbours are clustered as in real data.
+Their directions have nothing to do with any text tower, though, so text queries find in them
+no neighbours the way they do among photos. ``--anchors`` draws the vectors around real image
+embeddings instead (``Anchored``), so real captions have real neighbours: what (c) measures.
 """
 
 from __future__ import annotations
@@ -62,6 +70,48 @@ class Mixture:
         return out
 
 
+class Anchored:
+    """Vectors around real image embeddings (``anchors``): each is a real embedding moved toward a
+    random mix of its ``k`` nearest real neighbours (by up to ``reach`` of the way), plus a small
+    isotropic jitter, so the synthetic points fill the real embeddings' neighbourhoods, not
+    directions no photo has. Their model's text tower then queries them as it queries photos."""
+
+    def __init__(self, anchors: np.ndarray, k: int = 10, reach: float = 0.6) -> None:
+        a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
+        self.anchors = a.astype(np.float32)
+        sims = self.anchors @ self.anchors.T
+        np.fill_diagonal(sims, -np.inf)
+        self.neighbours = np.argpartition(-sims, k, axis=1)[:, :k]
+        nearest = np.sqrt(np.maximum(0.0, 2 - 2 * sims.max(axis=1)))
+        self.jitter = 0.15 * float(np.median(nearest))  # norm of the isotropic part
+        self.k, self.reach = k, reach
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        out = np.empty((n, self.anchors.shape[1]), np.float32)
+        d = self.anchors.shape[1]
+        for start in range(0, n, 65_536):
+            m = min(65_536, n - start)
+            i = rng.integers(len(self.anchors), size=m)
+            w = rng.dirichlet(np.ones(self.k), size=m) * rng.uniform(0, self.reach, (m, 1))
+            toward = np.einsum("mk,mkd->md", w, self.anchors[self.neighbours[i]])
+            x = self.anchors[i] * (1 - w.sum(axis=1, keepdims=True)) + toward
+            x += rng.standard_normal((m, d)) * (self.jitter / np.sqrt(d))
+            out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return out
+
+
+def _read_anchors(src: Path) -> tuple[np.ndarray, dict]:
+    """Every image vector of the embedding shards in ``src``, and their model's provenance."""
+    from indexer import shards as sh
+
+    model = sh.read_manifest(src)["model"]
+    vectors = [
+        np.asarray(sh.read_shard(src, sh.IMAGES, i, int(model["dim"])).vectors)
+        for i in sh.finished(src, sh.IMAGES)
+    ]
+    return np.concatenate(vectors), model
+
+
 def _provenance(model: str) -> tuple[dict, str]:
     from models.encoder import Encoder
 
@@ -73,9 +123,15 @@ def gen(args: argparse.Namespace) -> None:
     """Write ``--n`` synthetic vectors as embedding shards, one shard in memory at a time."""
     from indexer import shards as sh
 
-    model, preprocess = _provenance(args.model)
+    if args.anchors:
+        anchors, model = _read_anchors(args.anchors)
+        preprocess = sh.read_manifest(args.anchors)["preprocess"]
+        mixture: Mixture | Anchored = Anchored(anchors)
+        print(f"{len(anchors)} anchors from {model['model']}", flush=True)
+    else:
+        model, preprocess = _provenance(args.model)
+        mixture = Mixture(int(model["dim"]), args.clusters)
     sh.open_for_writing(args.out, model, preprocess)
-    mixture = Mixture(int(model["dim"]), args.clusters)
     start = sum(
         len(sh.read_shard(args.out, sh.IMAGES, i, int(model["dim"])).meta)
         for i in sh.finished(args.out, sh.IMAGES)
@@ -244,26 +300,39 @@ def build(args: argparse.Namespace) -> None:
         index.close()
 
 
+def _caption_queries(path: Path, split: str, n: int) -> list[str]:
+    """``n`` captions of ``split`` drawn with a fixed seed (held-out human text)."""
+    from models.data import read_pairs
+
+    texts = [p.text for p in read_pairs(path, split=split, check_images=False)]
+    pick = np.random.default_rng(0).choice(len(texts), size=min(n, len(texts)), replace=False)
+    return [texts[i] for i in sorted(pick)]
+
+
 def text_recall(args: argparse.Namespace) -> None:
     """Recall@10 of text queries searched as the service searches them, against exact search."""
     from indexer import Index
+    from indexer import faiss_index as fx
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_service import queries as service_queries
+    if args.captions:
+        texts = _caption_queries(args.captions, args.split, args.queries)
+        source = f"{args.split} captions of {args.captions.name}"
+    else:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_service import queries as service_queries
 
+        texts = service_queries(1)[: args.queries]
+        source = "random word strings"
     index = Index.open(args.index)
-    texts = service_queries(1)[: args.queries]
     vectors = index.encoder.encode_texts(texts)
     truth = _exact(args.src, vectors, 10)
     hits = index.search_vectors(vectors, 10)
     got = np.array([[int(Path(h.path).stem) for h in row] + [-1] * (10 - len(row)) for row in hits])
-    from indexer import faiss_index as fx
-
     recall = fx.recall_at_k(got, truth, np.full(len(texts), -1), 10)
     state = index._faiss.state("image")
     print(
-        f"text queries: {len(texts)}, index {state.spec.factory()} nprobe {state.value}: "
-        f"recall@10 {recall:.3f}"
+        f"text queries: {len(texts)} ({source}), index {state.spec.factory()} nprobe "
+        f"{state.value}: recall@10 {recall:.3f}"
     )
     index.close()
 
@@ -306,6 +375,7 @@ def main() -> None:
     for q in (g, b := sub.add_parser("build")):
         q.add_argument("--clusters", type=int, default=4096)
     g.add_argument("--model", default="clipsearch-flickr8k")
+    g.add_argument("--anchors", type=Path, help="embedding shards of real images to draw around")
     b.add_argument("--src", type=Path, required=True)
     b.add_argument("--index", type=Path, required=True)
     b.add_argument("--ondisk-threshold", type=int, default=2_000_000)
@@ -316,6 +386,8 @@ def main() -> None:
     t.add_argument("--src", type=Path, required=True)
     t.add_argument("--index", type=Path, required=True)
     t.add_argument("--queries", type=int, default=200)
+    t.add_argument("--captions", type=Path, help="a captions CSV: its captions are the queries")
+    t.add_argument("--split", default="val")
     e = sub.add_parser("engines")
     e.add_argument("--images", type=Path, required=True)
     e.add_argument("--n", type=int, default=256)

@@ -1,10 +1,16 @@
 """The Ray engine of ``clipsearch embed``: Ray Data decode tasks feeding an encoder actor pool.
 
 The job's file list becomes a dataset of (pos, path) blocks; ``_decode_batch`` runs as stateless
-tasks wherever the cluster has CPUs (reading, hashing, decoding and preprocessing with the
-indexer's own code, so bad files get the same reasons); ``ImageEncoderActor`` holds the model once
-per actor and encodes the decoded batches: one GPU per actor when the cluster has GPUs, else
+tasks wherever the cluster has CPUs (reading, hashing, decoding and the PIL part of preprocessing
+with the indexer's own code, so bad files get the same reasons); ``ImageEncoderActor`` holds the
+model once per actor, turns the uint8 crops into the model's input (the tensor part of
+preprocessing) and encodes them: one GPU per actor when the cluster has GPUs, else
 ``actor_threads`` CPU threads each. Results stream back to this process, which writes shards.
+
+Two choices keep Ray close to the local pipeline on a CPU (docs/benchmarks.md): crops cross the
+object store as uint8, a quarter of the bytes of the float input; and decode tasks run at the
+local pipeline's lower priority, since a decode process that preempts one of the encoder's OpenMP
+threads stalls the whole team.
 
 Files are read by path on whichever node runs the task: on a multi-node cluster the sources must
 be on storage every node mounts at the same path (docs/scaling.md).
@@ -12,7 +18,9 @@ be on storage every node mounts at the same path (docs/scaling.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -20,6 +28,7 @@ import numpy as np
 
 from indexer.embed import EmbedOptions, Result
 from indexer.errors import IndexError_
+from indexer.ingest import WORKER_NICE
 from indexer.pipeline import DecodeDataset
 from indexer.scan import Found
 from indexer.texts import sha256_text
@@ -42,8 +51,10 @@ def _connect(address: str | None) -> bool:
         ) from None
     if ray.is_initialized():
         return False
+    # A throwaway local cluster runs without the dashboard's processes, which would take CPU.
+    local = {"include_dashboard": False} if address is None else {}
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise IndexError_(
             f"cannot reach a Ray cluster at {address or 'a new local instance'}: {e}; start one "
@@ -65,21 +76,51 @@ def _actor_resources(opts: EmbedOptions) -> tuple[dict[str, Any], int | None]:
     return {"num_cpus": 1}, threads
 
 
+def split_preprocess(
+    preprocess: Callable[[Any], Any],
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any]] | None:
+    """(PIL part, tensor part) of a torchvision ``Compose`` that turns the image into a tensor
+    with ``ToTensor`` (open_clip's does), so the crop can travel as uint8; None otherwise."""
+    from torchvision import transforms as T
+
+    steps = getattr(preprocess, "transforms", None)
+    if not isinstance(preprocess, T.Compose) or not steps:
+        return None
+    cut = next((i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__), None)
+    if cut is None:
+        return None
+    return T.Compose(steps[:cut]), T.Compose(steps[cut:])
+
+
+def _yield_to_encoder() -> None:
+    """Lower this worker process's priority to the local pipeline's decode workers' (once)."""
+    with contextlib.suppress(OSError):
+        if os.getpriority(os.PRIO_PROCESS, 0) < WORKER_NICE:
+            os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)
+
+
 def _decode_batch(
     batch: dict[str, np.ndarray],
     preprocess: Callable[[Any], Any],
     max_pixels: int,
     image_size: int,
 ) -> dict[str, np.ndarray]:
-    """Read, hash, decode and preprocess a batch of paths (a Ray Data task)."""
+    """Read, hash, decode and preprocess a batch of paths (a Ray Data task). ``pixels`` holds
+    uint8 crops (H, W, 3) when only the PIL part of preprocessing ran here, else float tensors."""
+    _yield_to_encoder()
+    split = split_preprocess(preprocess)
     paths = [str(p) for p in batch["path"]]
-    dataset = DecodeDataset(paths, preprocess, max_pixels, image_size)
+    dataset = DecodeDataset(paths, split[0] if split else preprocess, max_pixels, image_size)
     samples = [dataset[i] for i in range(len(paths))]
-    shape = next((tuple(t.shape) for _, t in samples if t is not None), (3, image_size, image_size))
-    pixels = np.zeros((len(paths), *shape), np.float32)
-    for k, (_, tensor) in enumerate(samples):
-        if tensor is not None:
-            pixels[k] = tensor.numpy()
+    arrays = [None if x is None else np.asarray(x) for _, x in samples]
+    first = next((a for a in arrays if a is not None), None)
+    if first is None:
+        pixels = np.zeros((len(paths), 1), np.uint8)
+    else:
+        pixels = np.zeros((len(paths), *first.shape), first.dtype)
+        for k, a in enumerate(arrays):
+            if a is not None:
+                pixels[k] = a
     items = [item for item, _ in samples]
     return {
         "pos": batch["pos"],
@@ -106,13 +147,23 @@ class _EncoderActor:
 
 
 class ImageEncoderActor(_EncoderActor):
+    def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
+        super().__init__(opts, threads)
+        split = split_preprocess(self.encoder.preprocess)
+        self.to_tensor = split[1] if split else None
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         ok = np.asarray(batch["ok"], dtype=bool)
         vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
         if ok.any():
-            vectors[ok] = self.encoder.encode_image_tensor(torch.from_numpy(batch["pixels"][ok]))
+            pixels = batch["pixels"][ok]
+            if pixels.dtype == np.uint8:  # crops: the tensor part of preprocessing runs here
+                tensor = torch.stack([self.to_tensor(crop) for crop in pixels])
+            else:
+                tensor = torch.from_numpy(pixels)
+            vectors[ok] = self.encoder.encode_image_tensor(tensor)
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out["embedding"] = vectors
         return out

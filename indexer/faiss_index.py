@@ -8,8 +8,10 @@ in seconds where HNSW takes minutes per million, and supports removal, so increm
 cheap); IVF-PQ when the flat vectors would not fit ``max_memory``. Trained indexes learn from a
 sample that mixes in vectors of the other modality when there are any (a quantizer trained on
 images alone serves text queries badly: clip-retrieval #76), then ``nprobe`` / ``efSearch`` is
-raised until recall@10 against exact search on held-out queries (both modalities) reaches the
-target. The recall measured is stored with the checkpoint and shown by ``info``.
+raised until recall@10 against exact search on held-out queries reaches the target for each
+modality (an image index with few or no texts holds out embedded text probes instead,
+``indexer.probes``: text queries need wider probing than images). The recall measured, that of
+the worse modality, is stored with the checkpoint and shown by ``info``.
 
 Updates change the index in place (a clone per delta would double the memory of a large index
 on every write, and on-disk inverted lists cannot be cloned at all) and publish a new state for
@@ -381,6 +383,14 @@ def _new_index(spec: Spec, dim: int) -> faiss.Index:
     return index
 
 
+def held_out_other(hold: np.ndarray, probes: np.ndarray | None) -> np.ndarray:
+    """The other modality's held-out queries, topped up to ``HELD_OUT`` with ``probes``."""
+    if probes is None or len(hold) >= HELD_OUT:
+        return hold
+    extra = np.asarray(probes, np.float32)[: HELD_OUT - len(hold)]
+    return np.concatenate([hold, extra]).astype(np.float32)
+
+
 def _tune(
     index: faiss.Index,
     spec: Spec,
@@ -389,18 +399,22 @@ def _tune(
     self_ids: np.ndarray,
     target: float,
     lookup: Lookup | None = None,
+    split: int | None = None,
 ) -> tuple[int, float, list[tuple[int, float]]]:
-    """The smallest nprobe/efSearch reaching ``target`` recall, or where recall stops rising
+    """The smallest nprobe/efSearch at which both query groups (``queries[:split]``, the indexed
+    modality, and the rest) reach ``target`` recall, or where the worse one stops rising
     (re-ranked through ``lookup``, as searches will be)."""
     if spec.trained:
         values = sorted({min(spec.nlist, 1 << i) for i in range(0, 17)})
     else:
         values = list(HNSW_EF)
+    split = len(queries) if split is None else split
+    groups = [g for g in (slice(0, split), slice(split, len(queries))) if g.stop > g.start]
     curve: list[tuple[int, float]] = []
     k = truth.shape[1]
     for v in values:
         _, ids = search_reranked(index, spec, v, queries, k, lookup)
-        r = recall_at_k(ids, truth, self_ids, RECALL_K)
+        r = min(recall_at_k(ids[g], truth[g], self_ids[g], RECALL_K) for g in groups)
         curve.append((v, round(r, 4)))
         if r >= target:
             return v, r, curve
@@ -409,6 +423,19 @@ def _tune(
     best = max(r for _, r in curve)
     value = next(v for v, r in curve if r >= best - 0.002)
     return value, dict(curve)[value], curve
+
+
+def recall_by_query(
+    got: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, split: int, kind: str
+) -> dict[str, float]:
+    """Recall@10 of each query group: ``kind``'s own (the first ``split``) and the other's."""
+    other = "text" if kind == "image" else "image"
+    groups = ((kind, slice(0, split)), (other, slice(split, len(got))))
+    return {
+        q: round(recall_at_k(got[g], truth[g], self_ids[g], RECALL_K), 4)
+        for q, g in groups
+        if g.stop > g.start
+    }
 
 
 def build_state(
@@ -421,8 +448,10 @@ def build_state(
     gen: int,
     recall_target: float,
     seed: int = 0,
+    probes: np.ndarray | None = None,
 ) -> FaissState:
-    """Build ``spec`` over (``ids``, ``vectors``); ``other``: vectors of the other modality."""
+    """Build ``spec`` over (``ids``, ``vectors``); ``other``: vectors of the other modality;
+    ``probes``: unindexed queries of the other modality held out when ``other`` has too few."""
     t0 = time.perf_counter()
     n = len(ids)
     if spec.type == "flat":
@@ -441,6 +470,7 @@ def build_state(
     o_perm = rng.permutation(len(other))
     o_hold = min(HELD_OUT, len(other) // 10)
     other_hold, other_pool = other[o_perm[:o_hold]], other[o_perm[o_hold:]]
+    other_hold = held_out_other(other_hold, probes)
 
     index = _new_index(spec, dim)
     trained_on: dict[str, int] = {}
@@ -465,17 +495,12 @@ def build_state(
     if len(queries):
         truth = exact_topk(vectors, ids, queries, RECALL_K + 1)
         lookup = array_lookup(ids, vectors)
-        value, recall, curve = _tune(index, spec, queries, truth, self_ids, recall_target, lookup)
+        value, recall, curve = _tune(
+            index, spec, queries, truth, self_ids, recall_target, lookup, len(hold)
+        )
         _, got = search_reranked(index, spec, value, queries, RECALL_K + 1, lookup)
         info["recall@10"] = round(recall, 4)
-        info["recall@10_by_query"] = {
-            q: round(recall_at_k(got[sl], truth[sl], self_ids[sl], RECALL_K), 4)
-            for q, sl in (
-                (kind, slice(0, len(hold))),
-                ("text" if kind == "image" else "image", slice(len(hold), len(queries))),
-            )
-            if sl.stop > sl.start
-        }
+        info["recall@10_by_query"] = recall_by_query(got, truth, self_ids, len(hold), kind)
         info["held_out_queries"] = len(queries)
         info["tuning"] = curve
     else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,17 @@ KINDS = ("image", "text")
 class FaissStates:
     """One published ``FaissState`` per kind for an index directory."""
 
-    def __init__(self, directory: Path, manifest: Manifest, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        catalog: Catalog,
+        probes: Callable[[], np.ndarray] | None = None,
+    ) -> None:
         self.directory = directory
         self.manifest = manifest  # shared with the Index, whose settings may change
         self.catalog = catalog
+        self.probes = probes  # embedded text probes (``indexer.probes``) for tuning image indexes
         self.current: dict[str, fx.FaissState] = {}
         self.damaged: dict[str, str] = {}  # kind -> what is wrong with its newest checkpoint
         self._swap_lock = threading.RLock()
@@ -139,9 +147,13 @@ class FaissStates:
                     rng.choice(other_ids, size=min(len(other_ids), 20_000), replace=False)
                 )
                 _, other = self.catalog.vectors(other_kind, pick)
+        probes = None
+        if kind == "image" and self.probes is not None and spec.type != "flat":
+            probes = self.probes()
         return fx.build_state(
-            kind, spec, self.dim, ids, vectors, other, gen, self.manifest.index.recall_target
-        )
+            kind, spec, self.dim, ids, vectors, other, gen, self.manifest.index.recall_target,
+            probes=probes,
+        )  # fmt: skip
 
     def _load_newest(self, kind: str, gen: int) -> fx.FaissState | None:
         """The newest checkpoint at or below ``gen`` that loads; damaged ones are noted."""

@@ -39,6 +39,7 @@ from indexer.layout import (
 )
 from indexer.lock import WriteLock
 from indexer.prefix_filter import PrefixSelectors
+from indexer.probes import PROBE_TEXTS
 from indexer.provenance import identity, mismatch
 from indexer.results import Hit, IndexReport
 from indexer.stats import index_stats
@@ -78,7 +79,8 @@ class Index:
         self._precision = precision
         self._lock = WriteLock(directory)
         self._encoder_lock = threading.Lock()
-        self._faiss = FaissStates(directory, manifest, catalog)
+        self._faiss = FaissStates(directory, manifest, catalog, self.probe_vectors)
+        self._probe_vectors: np.ndarray | None = None
         self._prefixes = PrefixSelectors(catalog)
         self._lite_text: LiteTextEncoder | None = None
         self.batch_size = int(opts.get("batch_size") or 32)
@@ -294,6 +296,12 @@ class Index:
         else:
             encoder = self.encoder
         return encoder.encode_texts(list(texts))
+
+    def probe_vectors(self) -> np.ndarray:
+        """The text probes (``indexer.probes``) embedded by this index's model, for tuning."""
+        if self._probe_vectors is None:
+            self._probe_vectors = self.embed_texts(PROBE_TEXTS)
+        return self._probe_vectors
 
     def embed_image(self, image: Image.Image | str | Path) -> np.ndarray:
         """The vector of one image (a file is decoded as the indexer does: pixel cap, EXIF)."""

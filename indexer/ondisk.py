@@ -225,8 +225,10 @@ def build(
     gen: int,
     recall_target: float,
     train_size: int = DEFAULT_TRAIN_SIZE,
+    probes: np.ndarray | None = None,
 ) -> fx.FaissState:
-    """The image index of generation ``gen`` over ``parts`` (rows whose id is in ``alive``)."""
+    """The image index of generation ``gen`` over ``parts`` (rows whose id is in ``alive``);
+    ``probes``: text queries held out when ``other`` (indexed texts) has too few."""
     t0 = time.perf_counter()
     root = directory / DIRNAME
     keep = _keep_masks(parts, alive)
@@ -243,13 +245,18 @@ def build(
 
     # Held-out queries: indexed vectors (their own id is not counted) and the other modality.
     queries, self_ids = _sample(parts, keep, fx.HELD_OUT, seed=1)
+    split = len(queries)
     o_hold = other[-min(fx.HELD_OUT, len(other) // 10) :] if len(other) >= 10 else other[:0]
+    o_hold = fx.held_out_other(o_hold, probes)
     queries = np.concatenate([queries, o_hold]).astype(np.float32)
     self_ids = np.concatenate([self_ids, np.full(len(o_hold), -1, np.int64)])
     truth = _exact(parts, keep, queries, fx.RECALL_K + 1)
     lookup = _parts_lookup(parts, keep)
-    value, recall, curve = fx._tune(index, spec, queries, truth, self_ids, recall_target, lookup)
+    value, recall, curve = fx._tune(
+        index, spec, queries, truth, self_ids, recall_target, lookup, split
+    )
     index.nprobe = value
+    _, got = fx.search_reranked(index, spec, value, queries, fx.RECALL_K + 1, lookup)
     info = {
         "exact": False,
         "ondisk": True,
@@ -257,6 +264,7 @@ def build(
         "trained_on": trained_info["trained_on"],
         "train_s": trained_info.get("train_s"),
         "recall@10": round(recall, 4),
+        "recall@10_by_query": fx.recall_by_query(got, truth, self_ids, split, "image"),
         "rerank": f"{fx.RERANK_FACTOR}x k candidates (at least {fx.RERANK_MIN})",
         "held_out_queries": len(queries),
         "tuning": curve,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from synthetic import make_dataset
 from typer.testing import CliRunner
 
@@ -66,6 +67,22 @@ def test_ray_engine_matches_the_local_one(folder: Path) -> None:
     assert np.allclose(np.linalg.norm(ray_vectors, axis=1), 1, atol=1e-5)
     assert ray_skipped == local_skipped
     assert {r["reason"] for r in ray_skipped} == {"corrupt", "empty"}
+
+
+def test_ray_crops_travel_as_uint8_and_give_the_same_input(folder: Path) -> None:
+    """The decode task ships uint8 crops; the actor's tensor part rebuilds the exact input."""
+    from PIL import Image
+
+    from indexer.embed_ray import split_preprocess
+    from models.encoder import Encoder
+
+    preprocess = Encoder.load("clipsearch-tiny", "none", "cpu").preprocess
+    pil_part, tensor_part = split_preprocess(preprocess)
+    image = Image.open(next((folder / "data" / "images").glob("*.png"))).convert("RGB")
+    crop = np.asarray(pil_part(image))
+    assert crop.dtype == np.uint8 and crop.shape[2] == 3
+    assert torch.equal(tensor_part(crop), preprocess(image))
+    assert split_preprocess(lambda im: im) is None  # not a Compose: floats travel instead
 
 
 def test_embed_resumes_and_skips_finished_shards(folder: Path, tmp_path: Path) -> None:

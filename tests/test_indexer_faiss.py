@@ -18,11 +18,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 DIM = 32
 
 
-def _clustered(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
-    """Unit vectors around 20 centres (``shift`` moves them: a second "modality")."""
+def _clustered(
+    n: int, seed: int, shift: float = 0.0, centres: int = 20, spread: float = 0.35
+) -> np.ndarray:
+    """Unit vectors around fixed centres (``shift`` moves them: a second "modality")."""
     rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(99).normal(size=(20, DIM)) + shift
-    x = centres[rng.integers(0, 20, n)] + 0.35 * rng.normal(size=(n, DIM))
+    at = np.random.default_rng(99).normal(size=(centres, DIM)) + shift
+    x = at[rng.integers(0, centres, n)] + spread * rng.normal(size=(n, DIM))
     x = x.astype(np.float32)
     faiss.normalize_L2(x)
     return x
@@ -69,6 +71,32 @@ def test_build_tunes_to_the_recall_target_with_mixed_training(kind: str) -> None
     lookup = fx.array_lookup(ids, images)
     _, got = fx.search_reranked(state.index, spec, state.value, q, 10, lookup)
     assert fx.recall_at_k(got, truth, np.full(50, -1), 10) >= info["recall@10"] - 0.15
+
+
+def test_text_probes_tune_an_image_only_index_for_text_queries() -> None:
+    """Text queries sit off the images (the modality gap): tuned on held-out images alone, the
+    index probes too few lists for them; held-out text probes make it probe enough."""
+    images = _clustered(4000, seed=5, centres=200, spread=0.6)
+    gap = np.random.default_rng(6).normal(size=DIM).astype(np.float32)
+    texts = _clustered(300, seed=6, centres=200, spread=0.6) + gap / np.linalg.norm(gap)
+    faiss.normalize_L2(texts)
+    ids = np.arange(4000, dtype=np.int64)
+    spec = fx.Spec("ivf", nlist=64)
+    none = images[:0]
+    plain = fx.build_state("image", spec, DIM, ids, images, none, 1, 0.95)
+    probed = fx.build_state("image", spec, DIM, ids, images, none, 1, 0.95, probes=texts[:100])
+    assert set(plain.info["recall@10_by_query"]) == {"image"}
+    assert probed.info["held_out_queries"] == fx.HELD_OUT + 100
+    assert probed.info["recall@10_by_query"]["text"] >= 0.95 and probed.value > plain.value
+    assert probed.info["recall@10"] == min(probed.info["recall@10_by_query"].values())
+    # Fresh text queries (not the probes) at each index's tuned nprobe.
+    queries = texts[100:]
+    truth = fx.exact_topk(images, ids, queries, 10)
+    recall = {}
+    for name, state in (("plain", plain), ("probed", probed)):
+        _, got = fx.search_reranked(state.index, spec, state.value, queries, 10, None)
+        recall[name] = fx.recall_at_k(got, truth, np.full(len(queries), -1), 10)
+    assert recall["plain"] < 0.85 and recall["probed"] >= 0.93, recall
 
 
 def test_pq_codes_alone_miss_neighbours_that_reranking_finds() -> None:

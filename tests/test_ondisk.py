@@ -11,6 +11,7 @@ from indexer import Index
 from indexer import faiss_index as fx
 from indexer import shards as sh
 from indexer.from_shards import index_from_embeddings
+from indexer.probes import PROBE_TEXTS
 from models.encoder import Encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -60,7 +61,9 @@ def test_ondisk_index_from_shards(tmp_path: Path) -> None:
     with Index.open(idx, encoder=encoder) as index:
         d = index.stats()["indexes"]["images"]
         assert d["type"] == "ivfpq" and d["ondisk"] and d["vectors"] == 3 * SHARD
-        assert d["held_out_queries"] == 100 and d["up_to_date"]
+        # Held out: 100 indexed vectors, and the text probes (the catalog has no texts).
+        assert d["held_out_queries"] == 100 + len(PROBE_TEXTS) and d["up_to_date"]
+        assert set(d["recall@10_by_query"]) == {"image", "text"}
         assert 0.3 < d["recall@10"] <= 1.0  # chance would be ~0.003
         assert d["nprobe"] in [v for v, _ in d["tuning"]]
         hits = index.search_vector(last[7], k=10)
