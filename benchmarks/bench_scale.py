@@ -10,7 +10,7 @@
     clipsearch embed ../shared/data/flickr8k/images --out /tmp/flickr-emb
     python benchmarks/bench_scale.py gen --n 1000000 --out /tmp/anc1m --anchors /tmp/flickr-emb
     python benchmarks/bench_scale.py build --src /tmp/anc1m --index /tmp/idx1m \
-        --ondisk-threshold 500000
+        --anchors /tmp/flickr-emb --ondisk-threshold 500000
     python benchmarks/bench_scale.py text-recall --src /tmp/anc1m --index /tmp/idx1m \
         --captions ../shared/data/flickr8k/captions.csv --split val
 
@@ -244,7 +244,10 @@ def build(args: argparse.Namespace) -> None:
         f"(anonymous, without mapped shard pages: {anon_mib:.0f} MiB)",
         flush=True,
     )
-    mixture = Mixture(int(state.index.d), args.clusters)
+    if args.anchors:
+        mixture: Mixture | Anchored = Anchored(_read_anchors(args.anchors)[0])
+    else:
+        mixture = Mixture(int(state.index.d), args.clusters)
     queries = mixture.sample(np.random.default_rng(7), args.queries)  # not in the index
     t1 = time.perf_counter()
     truth = _exact(args.src, queries, 10)
@@ -262,7 +265,9 @@ def build(args: argparse.Namespace) -> None:
             lat, got = [], []
             for q in queries:
                 s = time.perf_counter()
-                _, ids = fx.search_reranked(state.index, state.spec, value, q[None], 10, how)
+                _, ids = fx.search_reranked(
+                    state.index, state.spec, value, q[None], 10, how, factor=state.rerank_factor
+                )
                 lat.append(time.perf_counter() - s)
                 got.append(ids[0])
             got_rows = np.asarray(got) if index is None else _paths_to_rows(index, np.asarray(got))
@@ -272,7 +277,7 @@ def build(args: argparse.Namespace) -> None:
         line = f"nprobe {value}: codes {row[1]:.2f} ms, {row[2]:.3f}; re-ranked {row[3]:.2f} ms"
         print(f"{line}, {row[4]:.3f}", file=sys.stderr, flush=True)
     print(f"\n{state.spec.factory()} over {state.ntotal:,} vectors, {len(queries)} held-out "
-          f"queries, one thread; re-ranked: {fx.candidates(state.spec, 10)} candidates "
+          f"queries, one thread; re-ranked: {state.info.get('rerank')} "
           "re-scored with the float vectors\n")  # fmt: skip
     print("| nprobe | codes p50 ms | codes recall@10 | re-ranked p50 ms | re-ranked recall@10 |")
     print("| --- | --- | --- | --- | --- |")
@@ -328,12 +333,22 @@ def text_recall(args: argparse.Namespace) -> None:
     truth = _exact(args.src, vectors, 10)
     hits = index.search_vectors(vectors, 10)
     got = np.array([[int(Path(h.path).stem) for h in row] + [-1] * (10 - len(row)) for row in hits])
-    recall = fx.recall_at_k(got, truth, np.full(len(texts), -1), 10)
+    none = np.full(len(texts), -1)
+    recall = fx.recall_at_k(got, truth, none, 10)
     state = index._faiss.state("image")
     print(
         f"text queries: {len(texts)} ({source}), index {state.spec.factory()} nprobe "
-        f"{state.value}: recall@10 {recall:.3f}"
+        f"{state.value}, {state.info.get('rerank')} (tuned; {state.info.get('recall@10_by_query')} "
+        "on its held-out queries): "
+        f"recall@10 {recall:.3f}"
     )
+    lookup = index.catalog_lookup("image")
+    for value in (v for v in args.nprobe if v <= state.spec.nlist):
+        _, ids = fx.search_reranked(
+            state.index, state.spec, value, vectors, 10, lookup, factor=state.rerank_factor
+        )
+        rows = _paths_to_rows(index, ids)
+        print(f"  nprobe {value}: recall@10 {fx.recall_at_k(rows, truth, none, 10):.3f}")
     index.close()
 
 
@@ -375,7 +390,8 @@ def main() -> None:
     for q in (g, b := sub.add_parser("build")):
         q.add_argument("--clusters", type=int, default=4096)
     g.add_argument("--model", default="clipsearch-flickr8k")
-    g.add_argument("--anchors", type=Path, help="embedding shards of real images to draw around")
+    for q in (g, b):
+        q.add_argument("--anchors", type=Path, help="real image embeddings (shards) to draw around")
     b.add_argument("--src", type=Path, required=True)
     b.add_argument("--index", type=Path, required=True)
     b.add_argument("--ondisk-threshold", type=int, default=2_000_000)
@@ -388,6 +404,7 @@ def main() -> None:
     t.add_argument("--queries", type=int, default=200)
     t.add_argument("--captions", type=Path, help="a captions CSV: its captions are the queries")
     t.add_argument("--split", default="val")
+    t.add_argument("--nprobe", type=int, nargs="*", default=[], help="also recall at these")
     e = sub.add_parser("engines")
     e.add_argument("--images", type=Path, required=True)
     e.add_argument("--n", type=int, default=256)

@@ -382,7 +382,7 @@ class Index:
             selector, allowed = self._prefixes.get(path_prefix)
             if allowed == 0:
                 return [[] for _ in range(len(queries))]
-        fetch = min(fx.candidates(state.spec, int(k)), state.ntotal)
+        fetch = min(fx.candidates(state.spec, int(k), state.rerank_factor), state.ntotal)
         want = min(fetch, allowed)
         threads = faiss.omp_get_max_threads()
         if len(queries) <= SMALL_BATCH:

@@ -252,29 +252,27 @@ def build(
     self_ids = np.concatenate([self_ids, np.full(len(o_hold), -1, np.int64)])
     truth = _exact(parts, keep, queries, fx.RECALL_K + 1)
     lookup = _parts_lookup(parts, keep)
-    value, recall, curve = fx._tune(
-        index, spec, queries, truth, self_ids, recall_target, lookup, split
+    tuning = fx._tune(index, spec, queries, truth, self_ids, recall_target, lookup, split)
+    index.nprobe = tuning.value
+    _, got = fx.search_reranked(
+        index, spec, tuning.value, queries, fx.RECALL_K + 1, lookup, factor=tuning.factor
     )
-    index.nprobe = value
-    _, got = fx.search_reranked(index, spec, value, queries, fx.RECALL_K + 1, lookup)
     info = {
         "exact": False,
         "ondisk": True,
         "built_vectors": n,
         "trained_on": trained_info["trained_on"],
         "train_s": trained_info.get("train_s"),
-        "recall@10": round(recall, 4),
+        **tuning.info(spec),
         "recall@10_by_query": fx.recall_by_query(got, truth, self_ids, split, "image"),
-        "rerank": f"{fx.RERANK_FACTOR}x k candidates (at least {fx.RERANK_MIN})",
         "held_out_queries": len(queries),
-        "tuning": curve,
         "ivfdata": target.name,
         "fill_s": round(filled_s, 2),
         "build_s": round(time.perf_counter() - t0, 2),
     }
-    log.info("on-disk %s over %d vectors: recall@10 %.3f at nprobe %d", spec.factory(), n,
-             recall, value)  # fmt: skip
-    return fx.FaissState("image", index, spec, gen, value, info)
+    log.info("on-disk %s over %d vectors: recall@10 %.3f at nprobe %d, %s", spec.factory(), n,
+             tuning.recall, tuning.value, info["rerank"])  # fmt: skip
+    return fx.FaissState("image", index, spec, gen, tuning.value, info)
 
 
 def remove_stale(directory: Path, keep: str) -> None:

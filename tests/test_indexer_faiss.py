@@ -99,6 +99,32 @@ def test_text_probes_tune_an_image_only_index_for_text_queries() -> None:
     assert recall["plain"] < 0.85 and recall["probed"] >= 0.93, recall
 
 
+def test_tuner_reranks_deeper_when_probing_wider_stops_helping() -> None:
+    """2-byte codes: text queries' neighbours fall outside the codes' top 200 however wide the
+    probe, so the tuner deepens the re-ranking, and searches use the depth it chose."""
+    images = _clustered(20000, seed=5, centres=100, spread=0.3)
+    gap = np.random.default_rng(6).normal(size=DIM).astype(np.float32)
+    texts = _clustered(300, seed=6, centres=100, spread=0.3) + 1.5 * gap / np.linalg.norm(gap)
+    faiss.normalize_L2(texts)
+    ids = np.arange(20000, dtype=np.int64)
+    spec = fx.Spec("ivfpq", nlist=64, pq_m=2, pq_nbits=8)
+    none = images[:0]
+    state = fx.build_state("image", spec, DIM, ids, images, none, 1, 0.95, probes=texts[:100])
+    assert state.rerank_factor > fx.RERANK_FACTOR
+    assert state.info["rerank_factor"] == state.rerank_factor
+    assert fx.candidates(spec, 10, state.rerank_factor) > fx.candidates(spec, 10) == 200
+    assert state.info["recall@10_by_query"]["text"] >= 0.95
+    queries = texts[100:]
+    truth = fx.exact_topk(images, ids, queries, 10)
+    lookup = fx.array_lookup(ids, images)
+    recall, value = {}, state.value
+    for factor in (fx.RERANK_FACTOR, state.rerank_factor):
+        _, got = fx.search_reranked(state.index, spec, value, queries, 10, lookup, None, factor)
+        recall[factor] = fx.recall_at_k(got, truth, np.full(len(queries), -1), 10)
+    assert recall[state.rerank_factor] >= 0.95
+    assert recall[state.rerank_factor] > recall[fx.RERANK_FACTOR] + 0.03, recall
+
+
 def test_pq_codes_alone_miss_neighbours_that_reranking_finds() -> None:
     images = _clustered(4000, seed=3)
     ids = np.arange(4000, dtype=np.int64) * 3  # not row numbers
