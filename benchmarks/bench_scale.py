@@ -353,7 +353,8 @@ def text_recall(args: argparse.Namespace) -> None:
 
 
 def engines(args: argparse.Namespace) -> None:
-    """``clipsearch embed`` on the same images with each engine, one run each."""
+    """``clipsearch embed`` on the same images with each engine; ``--repeats`` pairs, the order
+    alternating (local first, then Ray first), so drift on a shared machine hits both alike."""
     from indexer.embed import EmbedOptions, embed_images
     from indexer.scan import scan
 
@@ -364,18 +365,24 @@ def engines(args: argparse.Namespace) -> None:
     for k, p in enumerate(files):
         (subset / f"{k:06d}{Path(p).suffix}").symlink_to(p)
     base = {"model": args.model, "precision": args.precision, "batch_size": args.batch_size}
+    ratios = []
     try:
-        results = {}
-        for engine in ("local", "ray"):
-            extra = {"actor_threads": args.actor_threads} if engine == "ray" else {}
-            opts = EmbedOptions(engine=engine, **base, **extra)
-            t0 = time.perf_counter()
-            report = embed_images([subset], work / engine, opts)
-            results[engine] = time.perf_counter() - t0
-            print(f"{engine}: {report.summary()}; {results[engine]:.1f} s wall", flush=True)
-        print(
-            f"ray / local wall time: {results['ray'] / results['local']:.2f} ({len(files)} images)"
-        )
+        for r in range(args.repeats):
+            results = {}
+            for engine in ("local", "ray") if r % 2 == 0 else ("ray", "local"):
+                extra = {"actor_threads": args.actor_threads} if engine == "ray" else {}
+                opts = EmbedOptions(engine=engine, **base, **extra)
+                out = work / f"{engine}-{r}"
+                t0 = time.perf_counter()
+                report = embed_images([subset], out, opts)
+                results[engine] = time.perf_counter() - t0
+                shutil.rmtree(out, ignore_errors=True)
+                print(f"{engine}: {report.summary()}; {results[engine]:.1f} s wall", flush=True)
+            ratios.append(results["ray"] / results["local"])
+            print(f"ray / local wall time: {ratios[-1]:.2f} ({len(files)} images)", flush=True)
+        if len(ratios) > 1:
+            print(f"ray / local over {len(ratios)} pairs: median {np.median(ratios):.2f}, "
+                  f"each {', '.join(f'{x:.2f}' for x in ratios)}")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -412,6 +419,7 @@ def main() -> None:
     e.add_argument("--precision", default="fp32")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--actor-threads", type=int, default=2)
+    e.add_argument("--repeats", type=int, default=1, help="pairs of runs, alternating order")
     args = p.parse_args()
     {"gen": gen, "build": build, "text-recall": text_recall, "engines": engines}[args.command](args)
 
