@@ -435,47 +435,35 @@ def _tune(
     deeper re-ranking (``RERANK_FACTORS``) is tried before settling."""
     split = len(queries) if split is None else split
     groups = [g for g in (slice(0, split), slice(split, len(queries))) if g.stop > g.start]
+    if spec.trained:
+        values = sorted({min(spec.nlist, 1 << i) for i in range(0, 17)})
+    else:
+        values = list(HNSW_EF)
+
+    def at(factor: int) -> Tuning:
+        curve: list[tuple[int, float]] = []
+        for v in values:
+            _, ids = search_reranked(index, spec, v, queries, truth.shape[1], lookup, factor=factor)
+            r = min(recall_at_k(ids[g], truth[g], self_ids[g], RECALL_K) for g in groups)
+            curve.append((v, round(r, 4)))
+            if r >= target:
+                return Tuning(v, factor, r, curve)
+            if len(curve) >= 3 and curve[-1][1] - curve[-3][1] < 0.002:
+                break  # saturated (quantisation error, not probing, limits it)
+        top = max(r for _, r in curve)
+        value = next(v for v, r in curve if r >= top - 0.002)
+        return Tuning(value, factor, dict(curve)[value], curve)
+
     reranked = spec.type == "ivfpq" and lookup is not None
     best: Tuning | None = None
     for factor in RERANK_FACTORS if reranked else (RERANK_FACTOR,):
-        tuning = _tune_value(index, spec, queries, truth, self_ids, target, lookup, groups, factor)
+        tuning = at(factor)
         if tuning.recall >= target:
             return tuning
         if best is None or tuning.recall > best.recall + 0.002:
             best = tuning
     assert best is not None
     return best
-
-
-def _tune_value(
-    index: faiss.Index,
-    spec: Spec,
-    queries: np.ndarray,
-    truth: np.ndarray,
-    self_ids: np.ndarray,
-    target: float,
-    lookup: Lookup | None,
-    groups: list[slice],
-    factor: int,
-) -> Tuning:
-    """``_tune`` at one re-ranking depth."""
-    if spec.trained:
-        values = sorted({min(spec.nlist, 1 << i) for i in range(0, 17)})
-    else:
-        values = list(HNSW_EF)
-    curve: list[tuple[int, float]] = []
-    k = truth.shape[1]
-    for v in values:
-        _, ids = search_reranked(index, spec, v, queries, k, lookup, factor=factor)
-        r = min(recall_at_k(ids[g], truth[g], self_ids[g], RECALL_K) for g in groups)
-        curve.append((v, round(r, 4)))
-        if r >= target:
-            return Tuning(v, factor, r, curve)
-        if len(curve) >= 3 and curve[-1][1] - curve[-3][1] < 0.002:
-            break  # saturated (quantisation error, not probing, limits it)
-    top = max(r for _, r in curve)
-    value = next(v for v, r in curve if r >= top - 0.002)
-    return Tuning(value, factor, dict(curve)[value], curve)
 
 
 def recall_by_query(
