@@ -7,10 +7,11 @@ model once per actor, turns the uint8 crops into the model's input (the tensor p
 preprocessing) and encodes them: one GPU per actor when the cluster has GPUs, else
 ``actor_threads`` CPU threads each. Results stream back to this process, which writes shards.
 
-Two choices keep Ray close to the local pipeline on a CPU (docs/benchmarks.md): crops cross the
-object store as uint8, a quarter of the bytes of the float input; and decode tasks run at the
-local pipeline's lower priority, since a decode process that preempts one of the encoder's OpenMP
-threads stalls the whole team.
+Crops cross the object store (and a cluster's network) as uint8, a quarter of the bytes of the
+float input; decode tasks run at the local pipeline's lower priority, since on a node that also
+encodes on its CPUs a decode process that preempts one of the encoder's OpenMP threads stalls the
+whole team. (On this project's 2-core machine neither moved Ray's wall time measurably against the
+local pipeline: docs/benchmarks.md, issue 11 (a).)
 
 Files are read by path on whichever node runs the task: on a multi-node cluster the sources must
 be on storage every node mounts at the same path (docs/scaling.md).
