@@ -147,9 +147,9 @@ class FaissStates:
                     rng.choice(other_ids, size=min(len(other_ids), 20_000), replace=False)
                 )
                 _, other = self.catalog.vectors(other_kind, pick)
-        probes = None
-        if kind == "image" and self.probes is not None and spec.type != "flat":
-            probes = self.probes()
+        probes = None  # text queries to hold out when the catalog has too few texts
+        if kind == "image" and spec.type != "flat" and len(other) < 10 * fx.HELD_OUT:
+            probes = self.probes() if self.probes is not None else None
         return fx.build_state(
             kind, spec, self.dim, ids, vectors, other, gen, self.manifest.index.recall_target,
             probes=probes,
