@@ -52,8 +52,11 @@ def _connect(address: str | None) -> bool:
         ) from None
     if ray.is_initialized():
         return False
-    # A throwaway local cluster runs without the dashboard's processes, which would take CPU.
-    local = {"include_dashboard": False} if address is None else {}
+    # A throwaway local cluster runs without the dashboard's processes, which would take CPU, and
+    # with its workers at normal priority: Ray renices them to 15 by default, below the driver and
+    # Ray's own services, which starves a CPU encoder actor (decode tasks renice themselves).
+    local = {"include_dashboard": False, "_system_config": {"worker_niceness": 0}}
+    local = local if address is None else {}
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as e:
