@@ -101,15 +101,15 @@ class Anchored:
 
 
 def _read_anchors(src: Path) -> tuple[np.ndarray, dict]:
-    """Every image vector of the embedding shards in ``src``, and their model's provenance."""
+    """Every image vector of the embedding shards in ``src``, and their manifest (model, ...)."""
     from indexer import shards as sh
 
-    model = sh.read_manifest(src)["model"]
+    manifest = sh.read_manifest(src)
     vectors = [
-        np.asarray(sh.read_shard(src, sh.IMAGES, i, int(model["dim"])).vectors)
+        np.asarray(sh.read_shard(src, sh.IMAGES, i, int(manifest["model"]["dim"])).vectors)
         for i in sh.finished(src, sh.IMAGES)
     ]
-    return np.concatenate(vectors), model
+    return np.concatenate(vectors), manifest
 
 
 def _provenance(model: str) -> tuple[dict, str]:
@@ -124,8 +124,8 @@ def gen(args: argparse.Namespace) -> None:
     from indexer import shards as sh
 
     if args.anchors:
-        anchors, model = _read_anchors(args.anchors)
-        preprocess = sh.read_manifest(args.anchors)["preprocess"]
+        anchors, manifest = _read_anchors(args.anchors)
+        model, preprocess = manifest["model"], manifest["preprocess"]
         mixture: Mixture | Anchored = Anchored(anchors)
         print(f"{len(anchors)} anchors from {model['model']}", flush=True)
     else:

@@ -109,12 +109,12 @@ def _decode_batch(
     max_pixels: int,
     image_size: int,
 ) -> dict[str, np.ndarray]:
-    """Read, hash, decode and preprocess a batch of paths (a Ray Data task). ``pixels`` holds
-    uint8 crops (H, W, 3) when only the PIL part of preprocessing ran here, else float tensors."""
+    """Read, hash, decode and ``preprocess`` a batch of paths (a Ray Data task). ``pixels`` holds
+    uint8 crops (H, W, 3) when ``preprocess`` is the PIL part of preprocessing, else float
+    tensors."""
     _yield_to_encoder()
-    split = split_preprocess(preprocess)
     paths = [str(p) for p in batch["path"]]
-    dataset = DecodeDataset(paths, split[0] if split else preprocess, max_pixels, image_size)
+    dataset = DecodeDataset(paths, preprocess, max_pixels, image_size)
     samples = [dataset[i] for i in range(len(paths))]
     arrays = [None if x is None else np.asarray(x) for _, x in samples]
     first = next((a for a in arrays if a is not None), None)
@@ -222,9 +222,10 @@ def ray_image_results(
             {"pos": decodable, "path": [todo[p].path for p in decodable]},
             opts.batch_size * BLOCK_BATCHES,
         )
+        split = split_preprocess(encoder.preprocess)  # the actor runs the tensor part
         decoded = data.map_batches(
             _decode_batch,
-            fn_args=(encoder.preprocess, max_pixels, encoder.image_size),
+            fn_args=(split[0] if split else encoder.preprocess, max_pixels, encoder.image_size),
             batch_size=opts.batch_size,
             batch_format="numpy",
             num_cpus=DECODE_CPUS,

@@ -393,6 +393,11 @@ def _new_index(spec: Spec, dim: int) -> faiss.Index:
     return index
 
 
+def probes_needed(n_other: int) -> bool:
+    """Whether ``n_other`` vectors of the other modality hold out fewer than ``HELD_OUT``."""
+    return n_other // 10 < HELD_OUT
+
+
 def held_out_other(hold: np.ndarray, probes: np.ndarray | None) -> np.ndarray:
     """The other modality's held-out queries, topped up to ``HELD_OUT`` with ``probes``."""
     if probes is None or len(hold) >= HELD_OUT:
@@ -407,12 +412,20 @@ class Tuning:
 
     value: int
     factor: int  # candidates = candidates(spec, k, factor); RERANK_FACTOR unless PQ needed more
-    recall: float
-    curve: list[tuple[int, float]]  # (value, recall) at ``factor``
+    by_query: dict[str, float]  # recall@10 of each query modality at (value, factor)
+    curve: list[tuple[int, float]]  # (value, worse modality's recall) at ``factor``
+
+    @property
+    def recall(self) -> float:
+        return min(self.by_query.values())
 
     def info(self, spec: Spec) -> dict[str, Any]:
         """The checkpoint info entries of this tuning."""
-        out: dict[str, Any] = {"recall@10": round(self.recall, 4), "tuning": self.curve}
+        out: dict[str, Any] = {
+            "recall@10": self.recall,
+            "recall@10_by_query": self.by_query,
+            "tuning": self.curve,
+        }
         if spec.type == "ivfpq":
             out["rerank_factor"] = self.factor
             out["rerank"] = f"{candidates(spec, RECALL_K, self.factor)} candidates for k=10"
@@ -428,13 +441,19 @@ def _tune(
     target: float,
     lookup: Lookup | None = None,
     split: int | None = None,
+    kind: str = "image",
 ) -> Tuning:
-    """The smallest nprobe/efSearch at which both query groups (``queries[:split]``, the indexed
-    modality, and the rest) reach ``target`` recall, or where the worse one stops rising
-    (re-ranked through ``lookup``, as searches will be). When PQ codes saturate below the target,
-    deeper re-ranking (``RERANK_FACTORS``) is tried before settling."""
+    """The smallest nprobe/efSearch at which both query groups (``queries[:split]``, of the
+    indexed ``kind``, and the rest, of the other modality) reach ``target`` recall, or where the
+    worse one stops rising (re-ranked through ``lookup``, as searches will be). When PQ codes
+    saturate below the target, deeper re-ranking (``RERANK_FACTORS``) is tried before settling."""
     split = len(queries) if split is None else split
-    groups = [g for g in (slice(0, split), slice(split, len(queries))) if g.stop > g.start]
+    other = "text" if kind == "image" else "image"
+    groups = {
+        name: g
+        for name, g in ((kind, slice(0, split)), (other, slice(split, len(queries))))
+        if g.stop > g.start
+    }
     if spec.trained:
         values = sorted({min(spec.nlist, 1 << i) for i in range(0, 17)})
     else:
@@ -442,17 +461,21 @@ def _tune(
 
     def at(factor: int) -> Tuning:
         curve: list[tuple[int, float]] = []
+        measured: dict[int, dict[str, float]] = {}
         for v in values:
             _, ids = search_reranked(index, spec, v, queries, truth.shape[1], lookup, factor=factor)
-            r = min(recall_at_k(ids[g], truth[g], self_ids[g], RECALL_K) for g in groups)
-            curve.append((v, round(r, 4)))
-            if r >= target:
-                return Tuning(v, factor, r, curve)
+            measured[v] = {
+                name: round(recall_at_k(ids[g], truth[g], self_ids[g], RECALL_K), 4)
+                for name, g in groups.items()
+            }
+            curve.append((v, min(measured[v].values())))
+            if curve[-1][1] >= target:
+                return Tuning(v, factor, measured[v], curve)
             if len(curve) >= 3 and curve[-1][1] - curve[-3][1] < 0.002:
                 break  # saturated (quantisation error, not probing, limits it)
         top = max(r for _, r in curve)
         value = next(v for v, r in curve if r >= top - 0.002)
-        return Tuning(value, factor, dict(curve)[value], curve)
+        return Tuning(value, factor, measured[value], curve)
 
     reranked = spec.type == "ivfpq" and lookup is not None
     best: Tuning | None = None
@@ -464,19 +487,6 @@ def _tune(
             best = tuning
     assert best is not None
     return best
-
-
-def recall_by_query(
-    got: np.ndarray, truth: np.ndarray, self_ids: np.ndarray, split: int, kind: str
-) -> dict[str, float]:
-    """Recall@10 of each query group: ``kind``'s own (the first ``split``) and the other's."""
-    other = "text" if kind == "image" else "image"
-    groups = ((kind, slice(0, split)), (other, slice(split, len(got))))
-    return {
-        q: round(recall_at_k(got[g], truth[g], self_ids[g], RECALL_K), 4)
-        for q, g in groups
-        if g.stop > g.start
-    }
 
 
 def build_state(
@@ -534,13 +544,11 @@ def build_state(
     if len(queries):
         truth = exact_topk(vectors, ids, queries, RECALL_K + 1)
         lookup = array_lookup(ids, vectors)
-        tuning = _tune(index, spec, queries, truth, self_ids, recall_target, lookup, len(hold))
-        value = tuning.value
-        _, got = search_reranked(
-            index, spec, value, queries, RECALL_K + 1, lookup, factor=tuning.factor
+        tuning = _tune(
+            index, spec, queries, truth, self_ids, recall_target, lookup, len(hold), kind
         )
+        value = tuning.value
         info.update(tuning.info(spec))
-        info["recall@10_by_query"] = recall_by_query(got, truth, self_ids, len(hold), kind)
         info["held_out_queries"] = len(queries)
     else:
         info["recall@10"] = None

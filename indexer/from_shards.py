@@ -217,7 +217,7 @@ def _sync(index: Index, threshold: int, train_size: int, recall_target: float | 
             _, other = index.catalog.vectors("text", np.sort(pick).tolist())
         state = ondisk.build(
             index.directory, parts, alive, other, gen, manifest.index.recall_target, train_size,
-            probes=index.probe_vectors() if len(other) < 10 * fx.HELD_OUT else None,
+            probes=index.probe_vectors() if fx.probes_needed(len(other)) else None,
         )  # fmt: skip
         fx.save_checkpoint(index.directory, state)
         remove_stale_files(index.directory, state.kind, state.gen)

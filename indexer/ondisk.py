@@ -254,9 +254,6 @@ def build(
     lookup = _parts_lookup(parts, keep)
     tuning = fx._tune(index, spec, queries, truth, self_ids, recall_target, lookup, split)
     index.nprobe = tuning.value
-    _, got = fx.search_reranked(
-        index, spec, tuning.value, queries, fx.RECALL_K + 1, lookup, factor=tuning.factor
-    )
     info = {
         "exact": False,
         "ondisk": True,
@@ -264,7 +261,6 @@ def build(
         "trained_on": trained_info["trained_on"],
         "train_s": trained_info.get("train_s"),
         **tuning.info(spec),
-        "recall@10_by_query": fx.recall_by_query(got, truth, self_ids, split, "image"),
         "held_out_queries": len(queries),
         "ivfdata": target.name,
         "fill_s": round(filled_s, 2),
