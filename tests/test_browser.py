@@ -282,6 +282,7 @@ def test_load_more_appends_the_next_page(page, site):
     _, index, _ = site
     page.select_option("#k", "12")
     search_for(page, "a red circle")
+    wait_results(page, 12)  # the grid of this search, not a transient one
     first = hit_ids(page)
     assert len(first) == 12 and page.is_visible("#more")
     page.click("#more")
