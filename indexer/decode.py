@@ -12,11 +12,13 @@ import io
 import os
 import struct
 import warnings
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from indexer.catalog import hash_key
 from indexer.exif import PhotoInfo, photo_info
 from models.images import to_rgb
 
@@ -34,6 +36,7 @@ REASONS = {
     "unreadable": "an I/O or file-system error",
 }
 MAX_PIXELS_ENV = "CLIPSEARCH_MAX_PIXELS"
+WORKER_NICE = 10  # decode workers yield the CPU to a CPU encoder (see pipeline.batches)
 # PIL's own hard limit (twice Image.MAX_IMAGE_PIXELS): ~179 megapixels.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 _EXIF_ORIENTATION = 0x0112
@@ -149,3 +152,42 @@ def decode(data: bytes, max_pixels: int, draft_size: int | None = None) -> Decod
             raise Skip("truncated", msg) from None
         raise Skip("corrupt", msg or type(e).__name__) from None
     return Decoded(rgb, width, height, info)
+
+
+@dataclass
+class Item:
+    """What happened to one file of the job (``pos`` is its position in the job's path list)."""
+
+    pos: int
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    info: PhotoInfo = field(default_factory=PhotoInfo)
+    reason: str | None = None
+    detail: str = ""
+    reuse: bool = False  # content already has a vector: not decoded
+
+
+def decode_file(
+    pos: int,
+    path: str,
+    preprocess: Callable[[Image.Image], Any],
+    max_pixels: int,
+    draft_size: int | None = None,
+    known: Collection[int] = frozenset(),
+) -> tuple[Item, Any]:
+    """Read, hash, decode and ``preprocess`` one file of a job: (its item, the preprocessed image
+    or None). Never raises; a file whose hash is in ``known`` is not decoded. Imports no torch,
+    so processes that only decode (Ray's decode tasks) start light."""
+    try:
+        data = read_bytes(path)
+        sha = sha256_hex(data)
+        if hash_key(sha) in known:
+            return Item(pos, sha, reuse=True), None
+        decoded = decode(data, max_pixels, draft_size)
+        image = preprocess(decoded.image)
+        return Item(pos, sha, decoded.width, decoded.height, decoded.info), image
+    except Skip as s:
+        return Item(pos, reason=s.reason, detail=s.detail), None
+    except Exception as e:  # one strange file must never end the run
+        return Item(pos, reason="corrupt", detail=f"{type(e).__name__}: {e}"), None

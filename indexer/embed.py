@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from indexer import shards as sh
-from indexer.decode import resolve_max_pixels
+from indexer.decode import WORKER_NICE, resolve_max_pixels
 from indexer.errors import IndexError_
-from indexer.ingest import WORKER_NICE
 from indexer.layout import DEFAULT_SHARD_SIZE, ENGINES
 from indexer.pipeline import DecodeDataset, batches, default_workers
 from indexer.results import IndexReport

@@ -13,6 +13,11 @@ encodes on its CPUs a decode process that preempts one of the encoder's OpenMP t
 whole team. (On this project's 2-core machine neither moved Ray's wall time measurably against the
 local pipeline: docs/benchmarks.md, issue 11 (a).)
 
+Decode tasks start light: this module imports no torch, open_clip or model code at the top, and
+open_clip's eval transform travels as :class:`ResizeCrop`, its PIL-only twin. Ray starts (and,
+once idle, stops) decode worker processes throughout a job; each import of torch and open_clip
+cost ~9 s of CPU on this project's 2-core machine, taken from the encoder.
+
 Files are read by path on whichever node runs the task: on a multi-node cluster the sources must
 be on storage every node mounts at the same path (docs/scaling.md).
 """
@@ -23,17 +28,20 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
-from indexer.embed import EmbedOptions, Result
+from indexer.decode import WORKER_NICE, decode_file
 from indexer.errors import IndexError_
-from indexer.ingest import WORKER_NICE
-from indexer.pipeline import DecodeDataset
-from indexer.scan import Found
 from indexer.texts import sha256_text
-from models.encoder import Encoder
+
+if TYPE_CHECKING:  # decode tasks import this module: no torch, open_clip or model code here
+    from indexer.embed import EmbedOptions, Result
+    from indexer.scan import Found
+    from models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 BLOCK_BATCHES = 4  # encoder batches per input block: enough blocks for every decode task
@@ -96,6 +104,59 @@ def split_preprocess(
     return T.Compose(steps[:cut]), T.Compose(steps[cut:])
 
 
+@dataclass(frozen=True)
+class ResizeCrop:
+    """torchvision's ``Resize(short side)``, ``CenterCrop`` and open_clip's ``MaybeConvertMode`` on
+    a PIL image, in PIL alone: the same pixels (tests/test_embed.py), but a decode task that
+    unpickles it imports neither torch nor open_clip (~9 s of CPU a worker process here)."""
+
+    short: int
+    resample: int  # PIL's filter number
+    crop: tuple[int, int]  # (height, width), at most ``short`` each: never padded
+    mode: str | None = None
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.short, int(self.short * long / short)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if size != (w, h):
+            image = image.resize(size, self.resample)
+        ch, cw = self.crop
+        top, left = round((size[1] - ch) / 2.0), round((size[0] - cw) / 2.0)  # as torchvision
+        image = image.crop((left, top, left + cw, top + ch))
+        return image.convert(self.mode) if self.mode else image
+
+
+def pil_only(pil_part: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``pil_part`` as a :class:`ResizeCrop` when it is open_clip's eval transform (resize the short
+    side, centre crop, convert), else ``pil_part`` itself (decode tasks then import torch)."""
+    from torchvision import transforms as T
+    from torchvision.transforms.functional import pil_modes_mapping
+
+    steps = list(getattr(pil_part, "transforms", ()))
+    mode = None
+    if steps and type(steps[-1]).__name__ == "MaybeConvertMode":
+        mode = getattr(steps.pop(), "mode", None)
+        if not isinstance(mode, str):
+            return pil_part
+    if len(steps) != 2 or not isinstance(steps[0], T.Resize):
+        return pil_part
+    resize, crop = steps
+    size = resize.size if isinstance(resize.size, int) else list(resize.size)
+    short = size if isinstance(size, int) else size[0] if len(size) == 1 else None
+    if (
+        short is None
+        or resize.max_size is not None
+        or resize.interpolation not in pil_modes_mapping
+        or not isinstance(crop, T.CenterCrop)
+        or max(crop.size) > short
+    ):
+        return pil_part
+    resample = pil_modes_mapping[resize.interpolation]
+    return ResizeCrop(short, resample, (int(crop.size[0]), int(crop.size[1])), mode)
+
+
 def _yield_to_encoder() -> None:
     """Lower this worker process's priority to the local pipeline's decode workers' (once)."""
     with contextlib.suppress(OSError):
@@ -114,8 +175,7 @@ def _decode_batch(
     tensors."""
     _yield_to_encoder()
     paths = [str(p) for p in batch["path"]]
-    dataset = DecodeDataset(paths, preprocess, max_pixels, image_size)
-    samples = [dataset[i] for i in range(len(paths))]
+    samples = [decode_file(k, p, preprocess, max_pixels, image_size) for k, p in enumerate(paths)]
     arrays = [None if x is None else np.asarray(x) for _, x in samples]
     first = next((a for a in arrays if a is not None), None)
     if first is None:
@@ -143,6 +203,8 @@ class _EncoderActor:
 
     def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
         import torch
+
+        from models.encoder import Encoder
 
         if threads:
             torch.set_num_threads(threads)
@@ -216,6 +278,8 @@ def ray_image_results(
     """Results for ``todo[p]``, ``p`` in ``decodable``, computed on the Ray cluster."""
     import ray
 
+    from indexer.embed import Result
+
     started = _connect(opts.address)
     try:
         data = _blocks(
@@ -223,9 +287,10 @@ def ray_image_results(
             opts.batch_size * BLOCK_BATCHES,
         )
         split = split_preprocess(encoder.preprocess)  # the actor runs the tensor part
+        decode = pil_only(split[0]) if split else encoder.preprocess
         decoded = data.map_batches(
             _decode_batch,
-            fn_args=(split[0] if split else encoder.preprocess, max_pixels, encoder.image_size),
+            fn_args=(decode, max_pixels, encoder.image_size),
             batch_size=opts.batch_size,
             batch_format="numpy",
             num_cpus=DECODE_CPUS,
@@ -252,6 +317,8 @@ def ray_image_results(
 def ray_text_results(todo: Sequence[str], opts: EmbedOptions) -> Iterator[Result]:
     """Results for each text of ``todo``, encoded by the actor pool."""
     import ray
+
+    from indexer.embed import Result
 
     started = _connect(opts.address)
     try:

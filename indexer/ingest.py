@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.catalog import Catalog, ImageRow
-from indexer.decode import Skip, decode, read_bytes, sha256_hex
+from indexer.decode import WORKER_NICE, Skip, decode, read_bytes, sha256_hex
 from indexer.exif import PhotoInfo
 from indexer.pipeline import Batch, DecodeDataset, Item, batches, default_workers
 from indexer.results import IndexReport
@@ -31,7 +31,6 @@ from indexer.scan import Found, scan
 from models.encoder import Encoder
 
 log = logging.getLogger(__name__)
-WORKER_NICE = 10  # decode workers yield the CPU to a CPU encoder (see pipeline.batches)
 
 
 class _Run:

@@ -26,33 +26,17 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.catalog import hash_key
-from indexer.decode import Skip, decode, read_bytes, sha256_hex
-from indexer.exif import PhotoInfo
+from indexer.decode import Item, decode_file
 
 log = logging.getLogger(__name__)
 PREFETCH = 4  # batches decoded ahead (per worker process)
-
-
-@dataclass
-class Item:
-    """What happened to one file of the job (``pos`` is its position in the job's path list)."""
-
-    pos: int
-    sha256: str | None = None
-    width: int | None = None
-    height: int | None = None
-    info: PhotoInfo = field(default_factory=PhotoInfo)
-    reason: str | None = None
-    detail: str = ""
-    reuse: bool = False  # content already has a vector: not decoded
 
 
 @dataclass
@@ -89,18 +73,9 @@ class DecodeDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, pos: int) -> tuple[Item, torch.Tensor | None]:
-        try:
-            data = read_bytes(self.paths[pos])
-            sha = sha256_hex(data)
-            if hash_key(sha) in self.known:
-                return Item(pos, sha, reuse=True), None
-            decoded = decode(data, self.max_pixels, self.draft_size)
-            tensor = self.preprocess(decoded.image)
-            return Item(pos, sha, decoded.width, decoded.height, decoded.info), tensor
-        except Skip as s:
-            return Item(pos, reason=s.reason, detail=s.detail), None
-        except Exception as e:  # one strange file must never end the run
-            return Item(pos, reason="corrupt", detail=f"{type(e).__name__}: {e}"), None
+        return decode_file(
+            pos, self.paths[pos], self.preprocess, self.max_pixels, self.draft_size, self.known
+        )
 
 
 def collate(samples: list[tuple[Item, torch.Tensor | None]]) -> Batch:

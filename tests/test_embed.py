@@ -85,6 +85,49 @@ def test_ray_crops_travel_as_uint8_and_give_the_same_input(folder: Path) -> None
     assert split_preprocess(lambda im: im) is None  # not a Compose: floats travel instead
 
 
+def test_decode_tasks_crop_in_pil_alone_with_the_same_pixels() -> None:
+    """Decode tasks get a torch-free twin of the PIL part: the same crops, for any aspect."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from indexer.embed_ray import ResizeCrop, pil_only, split_preprocess
+    from models.encoder import Encoder
+
+    pil_part, _ = split_preprocess(Encoder.load("clipsearch-tiny", "none", "cpu").preprocess)
+    twin = pil_only(pil_part)
+    assert isinstance(twin, ResizeCrop)
+    bicubic = pil_only(T.Compose([T.Resize(30, T.InterpolationMode.BICUBIC), T.CenterCrop(27)]))
+    assert isinstance(bicubic, ResizeCrop)
+    rng = np.random.default_rng(0)
+    for w, h in [(40, 40), (64, 40), (40, 64), (33, 97), (501, 375), (10, 7), (7, 10), (1, 50)]:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert np.array_equal(np.asarray(twin(image)), np.asarray(pil_part(image))), (w, h)
+        expect = T.CenterCrop(27)(T.Resize(30, T.InterpolationMode.BICUBIC)(image))
+        assert np.array_equal(np.asarray(bicubic(image)), np.asarray(expect)), (w, h)
+    # Anything else stays torchvision's (decode tasks then import torch).
+    for other in (
+        T.Compose([T.Resize((30, 40)), T.CenterCrop(20)]),
+        T.Compose([T.Resize(30, max_size=50), T.CenterCrop(20)]),
+        T.Compose([T.Resize(30), T.CenterCrop(31)]),  # would pad
+        T.Compose([T.RandomResizedCrop(30)]),
+        T.Compose([T.Resize(30), T.CenterCrop(20), T.Grayscale()]),
+    ):
+        assert pil_only(other) is other
+
+
+def test_the_ray_decode_module_imports_no_torch() -> None:
+    """Every Ray decode worker process imports it; torch and open_clip cost ~9 s of CPU there."""
+    import subprocess
+    import sys
+
+    code = "import sys, indexer.embed_ray; print(sorted({'torch', 'open_clip'} & set(sys.modules)))"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
 def test_embed_resumes_and_skips_finished_shards(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "emb"
     args = ["embed", folder / "data", "--out", out, *TINY, "--shard-size", "4", "--workers", "0"]
