@@ -181,18 +181,43 @@ def _remove_unfinished(root: Path, modality: sh.Modality) -> None:
                     p.unlink()
 
 
-def _start(out: Path, opts: EmbedOptions, modality: sh.Modality) -> tuple[Encoder, dict[str, Any]]:
+def _check(opts: EmbedOptions) -> None:
     if opts.engine not in ENGINES:
         raise IndexError_(f"--engine must be one of {', '.join(ENGINES)}, not {opts.engine!r}")
     if opts.shard_size < 1 or opts.batch_size < 1 or opts.pool_size < 1:
         raise IndexError_("--shard-size, --batch-size and --pool-size must be at least 1")
+
+
+def _load(opts: EmbedOptions) -> Encoder:
     # With Ray the encoders run in actors; this process only needs the model's identity and
     # preprocessing, so it loads it on the CPU.
     device = opts.device if opts.engine == "local" else "cpu"
-    encoder = Encoder.load(opts.model, opts.pretrained, device, opts.precision)
-    manifest = sh.open_for_writing(out, encoder.provenance.to_dict(), repr(encoder.preprocess))
+    return Encoder.load(opts.model, opts.pretrained, device, opts.precision)
+
+
+@contextlib.contextmanager
+def _model_and_cluster(opts: EmbedOptions, needed: bool) -> Iterator[tuple[Encoder, Any]]:
+    """The model, and the Ray cluster of a job that has work (else None): joined, or a local one
+    started, while another thread loads the model. A local start takes ~6 s here, mostly waiting
+    on Ray's processes, and the load ~3 s (docs/benchmarks.md, issue 11 (a))."""
+    if opts.engine != "ray" or not needed:
+        yield _load(opts), None
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from indexer.embed_ray import Cluster
+
+    with ThreadPoolExecutor(1, thread_name_prefix="clipsearch-load") as pool:
+        loading = pool.submit(_load, opts)
+        cluster = Cluster(opts.address)
+    with cluster:
+        yield loading.result(), cluster
+
+
+def _open_out(out: Path, encoder: Encoder, modality: sh.Modality) -> None:
+    """Check that ``out`` holds no other model's shards; drop what a killed run left unfinished."""
+    sh.open_for_writing(out, encoder.provenance.to_dict(), repr(encoder.preprocess))
     _remove_unfinished(out, modality)
-    return encoder, manifest
 
 
 def embed_images(
@@ -202,35 +227,36 @@ def embed_images(
     opts = opts or EmbedOptions()
     t0 = time.perf_counter()
     root = Path(out).expanduser().absolute()
-    encoder, _ = _start(root, opts, sh.IMAGES)
+    _check(opts)
     found = scan(paths, opts.exclude, skip_dirs=[root])
     done = sh.covered(root, sh.IMAGES)
     todo = [f for f in found.files if f.path not in done]
-    report = EmbedReport(unchanged=len(found.files) - len(todo))
-    first = sh.next_shard(root, sh.IMAGES)
-    collector = Collector(
-        root, sh.IMAGES, todo, encoder.dim, first, opts.shard_size, report, opts.progress
-    )
-    log.info(
-        "%d files found: %d in finished shards, %d to embed in %d shards from #%d (%s engine)",
-        len(found.files), report.unchanged, len(todo), collector.shard_count(), first, opts.engine,
-    )  # fmt: skip
-    max_pixels = resolve_max_pixels(opts.max_pixels)
-    decodable = []
-    for pos, f in enumerate(todo):
-        if f.reason is not None:  # the scan could not even stat it
-            collector.add(Result(pos, reason=f.reason, detail=f.detail))
-        else:
-            decodable.append(pos)
-    if not decodable:
-        results: Iterable[Result] = ()
-    elif opts.engine == "ray":
-        from indexer.embed_ray import ray_image_results
+    decodable = [pos for pos, f in enumerate(todo) if f.reason is None]
+    with _model_and_cluster(opts, bool(decodable)) as (encoder, _):
+        _open_out(root, encoder, sh.IMAGES)
+        report = EmbedReport(unchanged=len(found.files) - len(todo))
+        first = sh.next_shard(root, sh.IMAGES)
+        collector = Collector(
+            root, sh.IMAGES, todo, encoder.dim, first, opts.shard_size, report, opts.progress
+        )
+        log.info(
+            "%d files found: %d in finished shards, %d to embed in %d shards from #%d (%s engine)",
+            len(found.files), report.unchanged, len(todo), collector.shard_count(), first,
+            opts.engine,
+        )  # fmt: skip
+        max_pixels = resolve_max_pixels(opts.max_pixels)
+        for pos, f in enumerate(todo):
+            if f.reason is not None:  # the scan could not even stat it
+                collector.add(Result(pos, reason=f.reason, detail=f.detail))
+        if not decodable:
+            results: Iterable[Result] = ()
+        elif opts.engine == "ray":
+            from indexer.embed_ray import ray_image_results
 
-        results = ray_image_results(todo, decodable, encoder, opts, max_pixels)
-    else:
-        results = _local_image_results(todo, decodable, encoder, opts, max_pixels)
-    return _drain(collector, results, t0)
+            results = ray_image_results(todo, decodable, encoder, opts, max_pixels)
+        else:
+            results = _local_image_results(todo, decodable, encoder, opts, max_pixels)
+        return _drain(collector, results, t0)
 
 
 def _drain(collector: Collector, results: Iterable[Result], t0: float) -> EmbedReport:
@@ -275,25 +301,27 @@ def embed_texts(
     opts = opts or EmbedOptions()
     t0 = time.perf_counter()
     root = Path(out).expanduser().absolute()
-    encoder, _ = _start(root, opts, sh.TEXTS)
+    _check(opts)
     done = sh.covered(root, sh.TEXTS)
     clean = list(dict.fromkeys(" ".join(str(t).split()) for t in texts))
     clean = [t for t in clean if t]
     todo = [t for t in clean if t not in done]
-    report = EmbedReport(unchanged=len(clean) - len(todo))
-    first = sh.next_shard(root, sh.TEXTS)
-    collector = Collector(
-        root, sh.TEXTS, todo, encoder.dim, first, opts.shard_size, report, opts.progress
-    )
-    if not todo:
-        results: Iterable[Result] = ()
-    elif opts.engine == "ray":
-        from indexer.embed_ray import ray_text_results
+    with _model_and_cluster(opts, bool(todo)) as (encoder, _):
+        _open_out(root, encoder, sh.TEXTS)
+        report = EmbedReport(unchanged=len(clean) - len(todo))
+        first = sh.next_shard(root, sh.TEXTS)
+        collector = Collector(
+            root, sh.TEXTS, todo, encoder.dim, first, opts.shard_size, report, opts.progress
+        )
+        if not todo:
+            results: Iterable[Result] = ()
+        elif opts.engine == "ray":
+            from indexer.embed_ray import ray_text_results
 
-        results = ray_text_results(todo, opts)
-    else:
-        results = _local_text_results(todo, encoder, opts)
-    return _drain(collector, results, t0)
+            results = ray_text_results(todo, opts)
+        else:
+            results = _local_text_results(todo, encoder, opts)
+        return _drain(collector, results, t0)
 
 
 def _local_text_results(

@@ -78,6 +78,23 @@ def _connect(address: str | None) -> bool:
     return True
 
 
+class Cluster:
+    """The Ray cluster of one job: joined, or a local instance started, on creation; leaving the
+    ``with`` block stops a local instance this process started."""
+
+    def __init__(self, address: str | None) -> None:
+        self.started = _connect(address)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+
 def _actor_resources(opts: EmbedOptions) -> tuple[dict[str, Any], int | None]:
     """(Ray resources of one encoder actor, torch threads it should use)."""
     import ray
@@ -275,60 +292,46 @@ def ray_image_results(
     opts: EmbedOptions,
     max_pixels: int,
 ) -> Iterator[Result]:
-    """Results for ``todo[p]``, ``p`` in ``decodable``, computed on the Ray cluster."""
-    import ray
-
+    """Results for ``todo[p]``, ``p`` in ``decodable``, computed on the connected Ray cluster."""
     from indexer.embed import Result
 
-    started = _connect(opts.address)
-    try:
-        data = _blocks(
-            {"pos": decodable, "path": [todo[p].path for p in decodable]},
-            opts.batch_size * BLOCK_BATCHES,
-        )
-        split = split_preprocess(encoder.preprocess)  # the actor runs the tensor part
-        decode = pil_only(split[0]) if split else encoder.preprocess
-        decoded = data.map_batches(
-            _decode_batch,
-            fn_args=(decode, max_pixels, encoder.image_size),
-            batch_size=opts.batch_size,
-            batch_format="numpy",
-            num_cpus=DECODE_CPUS,
-        )
-        for batch in _run(decoded, ImageEncoderActor, opts):
-            for k, pos in enumerate(batch["pos"]):
-                if batch["ok"][k]:
-                    yield Result(
-                        int(pos),
-                        batch["embedding"][k],
-                        str(batch["sha256"][k]),
-                        int(batch["width"][k]),
-                        int(batch["height"][k]),
-                    )
-                else:
-                    yield Result(
-                        int(pos), reason=str(batch["reason"][k]), detail=str(batch["detail"][k])
-                    )
-    finally:
-        if started:
-            ray.shutdown()
+    data = _blocks(
+        {"pos": decodable, "path": [todo[p].path for p in decodable]},
+        opts.batch_size * BLOCK_BATCHES,
+    )
+    split = split_preprocess(encoder.preprocess)  # the actor runs the tensor part
+    decode = pil_only(split[0]) if split else encoder.preprocess
+    decoded = data.map_batches(
+        _decode_batch,
+        fn_args=(decode, max_pixels, encoder.image_size),
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        num_cpus=DECODE_CPUS,
+    )
+    for batch in _run(decoded, ImageEncoderActor, opts):
+        for k, pos in enumerate(batch["pos"]):
+            if batch["ok"][k]:
+                yield Result(
+                    int(pos),
+                    batch["embedding"][k],
+                    str(batch["sha256"][k]),
+                    int(batch["width"][k]),
+                    int(batch["height"][k]),
+                )
+            else:
+                yield Result(
+                    int(pos), reason=str(batch["reason"][k]), detail=str(batch["detail"][k])
+                )
 
 
 def ray_text_results(todo: Sequence[str], opts: EmbedOptions) -> Iterator[Result]:
-    """Results for each text of ``todo``, encoded by the actor pool."""
-    import ray
-
+    """Results for each text of ``todo``, encoded by the connected Ray cluster's actor pool."""
     from indexer.embed import Result
 
-    started = _connect(opts.address)
-    try:
-        data = _blocks(
-            {"pos": list(range(len(todo))), "text": list(todo)},
-            opts.batch_size * BLOCK_BATCHES,
-        )
-        for batch in _run(data, TextEncoderActor, opts):
-            for k, pos in enumerate(batch["pos"]):
-                yield Result(int(pos), batch["embedding"][k], sha256_text(todo[int(pos)]))
-    finally:
-        if started:
-            ray.shutdown()
+    data = _blocks(
+        {"pos": list(range(len(todo))), "text": list(todo)},
+        opts.batch_size * BLOCK_BATCHES,
+    )
+    for batch in _run(data, TextEncoderActor, opts):
+        for k, pos in enumerate(batch["pos"]):
+            yield Result(int(pos), batch["embedding"][k], sha256_text(todo[int(pos)]))

@@ -128,6 +128,45 @@ def test_the_ray_decode_module_imports_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_a_ray_job_starts_its_cluster_while_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connecting and loading overlap; the cluster a job started stops with it; a job with
+    nothing left to embed starts none."""
+    import threading
+
+    import indexer.embed as embed
+    import indexer.embed_ray as embed_ray
+
+    ray = pytest.importorskip("ray")
+    loading, connected, calls = threading.Event(), threading.Event(), []
+    load = embed._load
+
+    def slow_load(opts: embed.EmbedOptions) -> object:
+        loading.set()
+        assert connected.wait(30), "the cluster was not connecting while the model loaded"
+        return load(opts)
+
+    def connect(address: str | None) -> bool:
+        calls.append(address)
+        assert loading.wait(30), "the model was not loading while the cluster connected"
+        connected.set()
+        return True
+
+    def encode(todo: list[str], opts: embed.EmbedOptions) -> object:
+        return (embed.Result(k, np.ones(DIM, np.float32), "x") for k in range(len(todo)))
+
+    monkeypatch.setattr(embed, "_load", slow_load)
+    monkeypatch.setattr(embed_ray, "_connect", connect)
+    monkeypatch.setattr(embed_ray, "ray_text_results", encode)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    opts = embed.EmbedOptions(model="clipsearch-tiny", pretrained="none", engine="ray")
+    report = embed.embed_texts(["a dog", "a cat"], tmp_path, opts)
+    assert report.embedded == 2 and calls == [None, "shutdown"]
+    embed.embed_texts(["a dog"], tmp_path, opts)  # already embedded: no cluster
+    assert calls == [None, "shutdown"]
+
+
 def test_embed_resumes_and_skips_finished_shards(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "emb"
     args = ["embed", folder / "data", "--out", out, *TINY, "--shard-size", "4", "--workers", "0"]
