@@ -96,13 +96,19 @@ class Cluster:
 
 
 def _actor_resources(opts: EmbedOptions) -> tuple[dict[str, Any], int | None]:
-    """(Ray resources of one encoder actor, torch threads it should use)."""
+    """(Ray options of one encoder actor, torch threads it should use).
+
+    A CPU actor's process also starts with ``OMP_NUM_THREADS`` at its thread count: Ray sets it
+    to the actor's ``num_cpus`` (1), and although ``torch.set_num_threads`` then runs two threads,
+    the same batches encoded ~8 % slower that way (2.11 and 2.19 s against 1.92 and 2.03 s a batch
+    of 32, alternating, on this project's 2-core machine; docs/benchmarks.md, issue 11 (a))."""
     import ray
 
     if ray.cluster_resources().get("GPU", 0) >= 1 and opts.device in ("auto", "cuda"):
         return {"num_gpus": 1}, None
     threads = opts.actor_threads or 1
-    return {"num_cpus": 1}, threads
+    env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+    return {"num_cpus": 1, "runtime_env": env}, threads
 
 
 def split_preprocess(
