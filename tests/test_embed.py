@@ -128,6 +128,22 @@ def test_the_ray_decode_module_imports_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_a_cpu_encoder_actor_gets_its_thread_count_in_omp_num_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray would set OMP_NUM_THREADS to the actor's one CPU; a GPU actor is left alone."""
+    import indexer.embed_ray as embed_ray
+    from indexer.embed import EmbedOptions
+
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    options, threads = embed_ray._actor_resources(EmbedOptions(actor_threads=3))
+    assert threads == 3 and options["num_cpus"] == 1
+    assert options["runtime_env"] == {"env_vars": {"OMP_NUM_THREADS": "3"}}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
+    assert embed_ray._actor_resources(EmbedOptions()) == ({"num_gpus": 1}, None)
+
+
 def test_a_ray_job_starts_its_cluster_while_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
