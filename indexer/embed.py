@@ -196,22 +196,21 @@ def _load(opts: EmbedOptions) -> Encoder:
 
 
 @contextlib.contextmanager
-def _model_and_cluster(opts: EmbedOptions, needed: bool) -> Iterator[tuple[Encoder, Any]]:
-    """The model, and the Ray cluster of a job that has work (else None): joined, or a local one
-    started, while another thread loads the model. A local start takes ~6 s here, mostly waiting
-    on Ray's processes, and the load ~3 s (docs/benchmarks.md, issue 11 (a))."""
+def _model_and_cluster(opts: EmbedOptions, needed: bool) -> Iterator[Encoder]:
+    """The model, with a Ray job that has work connected to its cluster for the ``with`` block
+    (joined, or a local one started while another thread loads the model). A local start takes
+    ~6 s here, mostly waiting on Ray's processes, and the load ~3 s (docs/benchmarks.md, 11 (a))."""
     if opts.engine != "ray" or not needed:
-        yield _load(opts), None
+        yield _load(opts)
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    from indexer.embed_ray import Cluster
+    from indexer.embed_ray import connected
 
     with ThreadPoolExecutor(1, thread_name_prefix="clipsearch-load") as pool:
         loading = pool.submit(_load, opts)
-        cluster = Cluster(opts.address)
-    with cluster:
-        yield loading.result(), cluster
+        with connected(opts.address):
+            yield loading.result()
 
 
 def _open_out(out: Path, encoder: Encoder, modality: sh.Modality) -> None:
@@ -232,7 +231,7 @@ def embed_images(
     done = sh.covered(root, sh.IMAGES)
     todo = [f for f in found.files if f.path not in done]
     decodable = [pos for pos, f in enumerate(todo) if f.reason is None]
-    with _model_and_cluster(opts, bool(decodable)) as (encoder, _):
+    with _model_and_cluster(opts, bool(decodable)) as encoder:
         _open_out(root, encoder, sh.IMAGES)
         report = EmbedReport(unchanged=len(found.files) - len(todo))
         first = sh.next_shard(root, sh.IMAGES)
@@ -306,7 +305,7 @@ def embed_texts(
     clean = list(dict.fromkeys(" ".join(str(t).split()) for t in texts))
     clean = [t for t in clean if t]
     todo = [t for t in clean if t not in done]
-    with _model_and_cluster(opts, bool(todo)) as (encoder, _):
+    with _model_and_cluster(opts, bool(todo)) as encoder:
         _open_out(root, encoder, sh.TEXTS)
         report = EmbedReport(unchanged=len(clean) - len(todo))
         first = sh.next_shard(root, sh.TEXTS)

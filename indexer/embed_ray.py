@@ -78,18 +78,15 @@ def _connect(address: str | None) -> bool:
     return True
 
 
-class Cluster:
-    """The Ray cluster of one job: joined, or a local instance started, on creation; leaving the
-    ``with`` block stops a local instance this process started."""
-
-    def __init__(self, address: str | None) -> None:
-        self.started = _connect(address)
-
-    def __enter__(self) -> Cluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.started:
+@contextlib.contextmanager
+def connected(address: str | None) -> Iterator[None]:
+    """The Ray cluster of one job for the ``with`` block: joined, or a local instance started,
+    which stops at the block's end."""
+    started = _connect(address)
+    try:
+        yield
+    finally:
+        if started:
             import ray
 
             ray.shutdown()
@@ -166,7 +163,7 @@ def pil_only(pil_part: Callable[[Any], Any]) -> Callable[[Any], Any]:
     if len(steps) != 2 or not isinstance(steps[0], T.Resize):
         return pil_part
     resize, crop = steps
-    size = resize.size if isinstance(resize.size, int) else list(resize.size)
+    size = resize.size
     short = size if isinstance(size, int) else size[0] if len(size) == 1 else None
     if (
         short is None

@@ -148,8 +148,8 @@ class FaissStates:
                 )
                 _, other = self.catalog.vectors(other_kind, pick)
         probes = None  # text queries to hold out when the catalog has too few texts
-        if kind == "image" and spec.type != "flat" and fx.probes_needed(len(other)):
-            probes = self.probes() if self.probes is not None else None
+        if kind == "image" and self.probes and spec.type != "flat" and fx.probes_needed(len(other)):
+            probes = self.probes()
         return fx.build_state(
             kind, spec, self.dim, ids, vectors, other, gen, self.manifest.index.recall_target,
             probes=probes,
