@@ -51,7 +51,12 @@ class IndexPort(Protocol):
     def encoder(self) -> EncoderPort: ...
 
     def search_vectors(
-        self, vectors: np.ndarray, k: int = ..., target: str = ..., path_prefix: str | None = ...
+        self,
+        vectors: np.ndarray,
+        k: int = ...,
+        target: str = ...,
+        path_prefix: str | None = ...,
+        specific: Sequence[bool] | None = ...,
     ) -> list[list[Hit]]: ...
 
     def get(self, id: int) -> Hit | None: ...

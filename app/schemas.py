@@ -69,7 +69,11 @@ class VectorSearchRequest(SearchBase):
 
 class Hit(BaseModel):
     id: int
-    score: float
+    score: float = Field(
+        ...,
+        description="Cosine similarity to the query. Sentence queries to images are ordered with "
+        "the model's hubness correction, so a hit may score above the one before it.",
+    )
     kind: Literal["image", "text"]
     path: str | None = None
     text: str | None = None

@@ -29,6 +29,7 @@ from app.metrics import Metrics
 from app.ports import EncoderPort, IndexPort
 from app.settings import Settings
 from indexer import refine
+from models import hubness
 from models.errors import ClipsearchError
 
 if TYPE_CHECKING:
@@ -219,7 +220,10 @@ class SearchService:
             k = max(queries[i].k for i in rows)
             try:
                 t0 = time.perf_counter()
-                results = refine.search_clean_batch(index, vectors[rows], k, target, prefix)
+                specific = [hubness.specific(queries[i].text) for i in rows]
+                results = refine.search_clean_batch(
+                    index, vectors[rows], k, target, prefix, specific
+                )
                 self.metrics.search.labels(target).observe(time.perf_counter() - t0)
             except Exception as e:
                 for i in rows:

@@ -28,6 +28,7 @@ from indexer.catalog import Catalog, ItemRow
 from indexer.decode import Skip, decode, read_bytes, resolve_max_pixels
 from indexer.errors import IndexError_, QueryError
 from indexer.faiss_states import FaissStates
+from indexer.hub_penalty import HubPenalties
 from indexer.layout import (
     CATALOG,
     MANIFEST,
@@ -44,6 +45,7 @@ from indexer.provenance import identity, mismatch
 from indexer.results import Hit, IndexReport
 from indexer.stats import index_stats
 from indexer.texts import sha256_text
+from models import hubness
 from models.images import to_rgb
 
 if TYPE_CHECKING:  # torch and open_clip load when an encoder is first needed, not at import
@@ -83,6 +85,8 @@ class Index:
         self._probe_vectors: np.ndarray | None = None
         self._prefixes = PrefixSelectors(catalog)
         self._lite_text: LiteTextEncoder | None = None
+        self._hub: HubPenalties | None = None
+        self._hub_read = False
         self.batch_size = int(opts.get("batch_size") or 32)
         self.workers = opts.get("workers")
         self.exclude = tuple(opts.get("exclude") or ())
@@ -283,7 +287,8 @@ class Index:
             raise QueryError("the text query is empty: give some words to search for")
         self._check(k, target, path_prefix)
         vector = self.embed_texts([query.strip()])
-        return self.search_vectors(vector, k, target, path_prefix)[0]
+        specific = [hubness.specific(query)]
+        return self.search_vectors(vector, k, target, path_prefix, specific)[0]
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors of ``texts``: by the loaded encoder, else by the index's torch-free
@@ -356,16 +361,34 @@ class Index:
         k: int = 10,
         target: str = "images",
         path_prefix: str | None = None,
+        specific: Sequence[bool] | None = None,
     ) -> list[list[Hit]]:
-        """Batched search: one list of hits (best first) per row of ``vectors`` (B, dim)."""
+        """Batched search: one list of hits (best first) per row of ``vectors`` (B, dim).
+
+        ``specific`` marks the rows that are specific text queries (``models.hubness.specific``):
+        among images they are ranked with the hubness correction when the model has a query bank
+        (``indexer.hub_penalty``)."""
         kind = self._check(k, target, path_prefix)
         try:
             queries = fx.check_queries(vectors, self.dim)
         except ValueError as e:
             raise QueryError(str(e)) from None
+        rows = np.zeros(len(queries), bool) if specific is None else np.asarray(specific, bool)
+        if rows.shape != (len(queries),):
+            raise QueryError(
+                f"specific needs one flag per query ({len(queries)}), not {rows.shape}"
+            )
         state = self._faiss.state(kind)
         with self._faiss.searching.read():  # no delta changes the index during the call
-            return self._search_state(state, kind, queries, k, path_prefix)
+            return self._search_state(state, kind, queries, k, path_prefix, rows)
+
+    @property
+    def hub_penalties(self) -> HubPenalties | None:
+        """The hubness correction of this index's model, when its directory has a query bank."""
+        if not self._hub_read:
+            self._hub = HubPenalties.for_model(self.manifest.model)
+            self._hub_read = True
+        return self._hub
 
     def _search_state(
         self,
@@ -374,6 +397,7 @@ class Index:
         queries: np.ndarray,
         k: int,
         path_prefix: str | None,
+        specific: np.ndarray,
     ) -> list[list[Hit]]:
         if state.ntotal == 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
@@ -382,7 +406,9 @@ class Index:
             selector, allowed = self._prefixes.get(path_prefix)
             if allowed == 0:
                 return [[] for _ in range(len(queries))]
-        fetch = min(fx.candidates(state.spec, int(k), state.rerank_factor), state.ntotal)
+        hub = self.hub_penalties if kind == "image" and specific.any() else None
+        top = int(k) if hub is None else max(int(k), hubness.pool_size(int(k)))
+        fetch = min(fx.candidates(state.spec, top, state.rerank_factor), state.ntotal)
         want = min(fetch, allowed)
         threads = faiss.omp_get_max_threads()
         if len(queries) <= SMALL_BATCH:
@@ -401,7 +427,11 @@ class Index:
             if len(queries) <= SMALL_BATCH:
                 faiss.omp_set_num_threads(threads)
         if state.spec.type == "ivfpq":  # lossy codes: re-score candidates with the float vectors
-            scores, ids = fx.rerank(queries, ids, self.catalog_lookup(kind), int(k))
+            scores, ids = fx.rerank(queries, ids, self.catalog_lookup(kind), top)
+        if hub is not None:
+            lookup = self.catalog_lookup(kind)
+            scores, ids = hub.reorder(scores, ids, specific, state.gen, lookup)
+        scores, ids = scores[:, : int(k)], ids[:, : int(k)]
         rows = self.catalog.rows(np.unique(ids[ids >= 0]).tolist())
         out = []
         for srow, irow in zip(scores, ids, strict=True):

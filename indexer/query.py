@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from indexer import refine
 from indexer.errors import QueryError
+from models import hubness
 
 if TYPE_CHECKING:
     import numpy as np
@@ -257,5 +258,9 @@ def search(
     then the optional cutoff (``refine.apply_cutoff``)."""
     parsed = parse_query(query) if isinstance(query, str) else query
     vector, named = embed_query(index, parsed, files)
-    hits = refine.search_clean(index, vector, k, target, path_prefix, exclude=named, taken=taken)
+    text = parsed.plain_text
+    specific = text is not None and hubness.specific(text)
+    hits = refine.search_clean(
+        index, vector, k, target, path_prefix, exclude=named, taken=taken, specific=specific
+    )
     return refine.apply_cutoff(hits, min_score, min_relative)

@@ -10,7 +10,7 @@ varies from query to query. Both kinds are offered, and neither is on by default
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -90,14 +90,16 @@ def search_clean(
     path_prefix: str | None = None,
     exclude: Collection[int] = (),
     taken: TakenRange | None = None,
+    specific: bool = False,
 ) -> list[Hit]:
     """``k`` clean hits for one unit ``vector`` (fetching more while duplicates, named images or
-    the date range use up places, up to the whole index)."""
+    the date range use up places, up to the whole index); ``specific``: a specific text query
+    (``Index.search_vectors``)."""
     if taken is not None and target != "images":
         raise QueryError("taken_from/taken_to filter images; drop them for target 'texts'")
     fetch = k + len(exclude)
     while True:
-        hits = index.search_vectors(vector[None, :], fetch, target, path_prefix)[0]
+        hits = index.search_vectors(vector[None, :], fetch, target, path_prefix, [specific])[0]
         kept = [h for h in hits if h.id not in exclude and (taken is None or h in taken)]
         clean = collapse_duplicates(kept, index.catalog.sha256_of([h.id for h in kept]))
         if len(clean) >= k or len(hits) < fetch:
@@ -111,17 +113,19 @@ def search_clean_batch(
     k: int,
     target: str = "images",
     path_prefix: str | None = None,
+    specific: Sequence[bool] | None = None,
 ) -> list[list[Hit]]:
     """``search_clean`` for a batch: one FAISS call for all rows; only a row that duplicates
     left short of ``k`` is searched again on its own."""
-    batch = index.search_vectors(vectors, k, target, path_prefix)
+    flags = [False] * len(vectors) if specific is None else list(specific)
+    batch = index.search_vectors(vectors, k, target, path_prefix, flags)
     ids = [h.id for hits in batch for h in hits]
     sha256 = index.catalog.sha256_of(ids) if target == "images" else {}
     out = []
     for row, hits in enumerate(batch):
         clean = collapse_duplicates(hits, sha256)
         if len(clean) < len(hits):
-            clean = search_clean(index, vectors[row], k, target, path_prefix)
+            clean = search_clean(index, vectors[row], k, target, path_prefix, specific=flags[row])
         out.append(clean)
     return out
 
@@ -135,6 +139,6 @@ def apply_cutoff(
         raise QueryError(f"min_relative must be in (0, 1], not {min_relative}")
     floor = -float("inf") if min_score is None else min_score
     if min_relative is not None and hits:
-        best = hits[0].score
+        best = max(h.score for h in hits)  # the first, unless the hubness correction reordered
         floor = max(floor, best * min_relative if best > 0 else best)
     return [h for h in hits if h.score >= floor]

@@ -151,6 +151,51 @@ def train_command(
         typer.echo(json.dumps(result))
 
 
+@app.command("bank")
+def bank_command(
+    data: CaptionDataOpt,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    split: SplitOpt = None,
+    split_col: SplitColOpt = "split",
+    text_col: TextColOpt = "caption",
+    size: Annotated[int, typer.Option("--size", min=1, help="Captions in the bank.")] = 10_000,
+    k: Annotated[int, typer.Option("--k", min=1, help="Nearest queries averaged.")] = 32,
+    weight: Annotated[
+        float, typer.Option("--weight", min=0.0, help="How much of r(x) a score loses.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the caption sample.")] = 0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+) -> None:
+    """Write the model directory's query bank (query_bank.npz): a sample of training captions
+    that text->image search uses against hub images (models/hubness.py)."""
+    from models import hubness
+    from models.data import read_pairs
+    from models.errors import ModelError
+    from models.evaluate import embed_texts
+
+    encoder = _eval_encoder(model, pretrained, device, precision)
+    directory = encoder.loaded.source.directory
+    if directory is None:
+        raise ModelError(
+            "a query bank belongs in an exported model directory: pass --pretrained DIR "
+            "(a clipsearch train output's best/, or a model shipped with clipsearch)"
+        )
+    pairs = read_pairs(
+        data, text_col=text_col, split=split, split_col=split_col, check_images=False
+    )
+    texts = hubness.sample([p.text for p in pairs], size, seed)
+    if k > len(texts):
+        raise ModelError(f"--k {k} is more than the {len(texts)} distinct captions of the bank")
+    bank = hubness.QueryBank(
+        embed_texts(encoder, texts), k, weight, encoder.provenance.weights_sha256
+    )
+    bank.save(directory / hubness.BANK_FILE)
+    typer.echo(f"wrote {directory / hubness.BANK_FILE}: {len(texts)} captions, k={k}, "
+               f"weight={weight}")  # fmt: skip
+
+
 @app.command("models")
 def list_models() -> None:
     """List every architecture name --model accepts (the project's own first)."""
@@ -260,6 +305,13 @@ def eval_retrieval(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
+    hubness: Annotated[
+        bool,
+        typer.Option(
+            "--hubness/--no-hubness",
+            help="Rank text->image as search does, with the model's query bank (if it has one).",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Image<->text retrieval recall@1/5/10 (percent); an image counts as found by any caption."""
@@ -268,7 +320,9 @@ def eval_retrieval(
 
     pairs = read_pairs(data, image_root, image_col, text_col, split=split, split_col=split_col)
     encoder = _eval_encoder(model, pretrained, device, precision)
-    result = evaluate_retrieval(encoder, pairs, batch_size, _eval_workers(workers))
+    result = evaluate_retrieval(
+        encoder, pairs, batch_size, _eval_workers(workers), hubness_correction=hubness
+    )
     _eval_print(result, as_json, "Retrieval recall (%)", encoder.provenance.to_dict())
 
 

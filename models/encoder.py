@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from models import registry, weights
+from models import hubness, registry, weights
 from models.errors import ModelError
 from models.images import open_rgb
 from models.trunks import init_from_packages
@@ -208,6 +208,8 @@ class Encoder:
             self.model.visual.to(memory_format=torch.channels_last)
         self.preprocess = loaded.preprocess
         self._provenance: Provenance | None = None
+        self._query_bank: hubness.QueryBank | None = None
+        self._query_bank_read = False
 
     @classmethod
     def load(
@@ -247,6 +249,16 @@ class Encoder:
                 self.name, source.describe(), digest, self.dim, self.image_size, self.precision
             )
         return self._provenance
+
+    @property
+    def query_bank(self) -> hubness.QueryBank | None:
+        """The hubness bank of the model directory, made with these weights (``models.hubness``)."""
+        if not self._query_bank_read:
+            source = self.loaded.source
+            directory = source.directory if source.kind == "file" else None
+            self._query_bank = hubness.find(directory, self.provenance.weights_sha256)
+            self._query_bank_read = True
+        return self._query_bank
 
     def preprocess_image(self, image: Image.Image | str | Path) -> torch.Tensor:
         """Decode (if a path) and transform one image into the model's input tensor."""

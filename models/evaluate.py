@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from models import hubness
 from models.data import Pair
 from models.encoder import Encoder
 from models.errors import DataError
@@ -95,6 +96,8 @@ def retrieval_metrics(
     text_to_image: np.ndarray,
     ks: Sequence[int] = DEFAULT_KS,
     max_block: int = MAX_BLOCK,
+    image_penalty: np.ndarray | None = None,
+    penalized: np.ndarray | None = None,
 ) -> dict:
     """Recall@K both ways, in percent.
 
@@ -102,6 +105,8 @@ def retrieval_metrics(
     Text→image: a caption is a hit at K when its image is among the K best images.
     Image→text: an image is a hit at K when ANY of its captions is among the K best texts.
     Every image needs at least one caption.
+    ``image_penalty`` (n_images,) is subtracted from the text→image scores of the captions that
+    ``penalized`` (n_texts, bool; default all) marks: the hubness correction (``models.hubness``).
     """
     image_emb = _as_matrix(image_emb, "image_emb")
     text_emb = _as_matrix(text_emb, "text_emb")
@@ -120,12 +125,22 @@ def retrieval_metrics(
             f"{len(missing)} image(s) have no caption in text_to_image (first: {missing[0]})"
         )
 
+    if image_penalty is not None:
+        image_penalty = np.asarray(image_penalty, np.float32)
+        if image_penalty.shape != (n_images,):
+            raise ValueError(f"image_penalty must be ({n_images},), not {image_penalty.shape}")
+        penalized = np.ones(n_texts, bool) if penalized is None else np.asarray(penalized, bool)
+        if penalized.shape != (n_texts,):
+            raise ValueError(f"penalized must be ({n_texts},), not {penalized.shape}")
+
     # Text -> image: rank of each caption's own image among all images.
     t2i_ranks = np.empty(n_texts, np.int64)
     step = _rows_per_block(n_images, max_block)
     for lo in range(0, n_texts, step):
         hi = min(lo + step, n_texts)
         scores = text_emb[lo:hi] @ image_emb.T
+        if image_penalty is not None:
+            scores -= penalized[lo:hi, None] * image_penalty[None, :]
         t2i_ranks[lo:hi] = _rank_of(scores, t2i[lo:hi])
 
     # Image -> text: rank of each image's best-ranked caption among all texts. With ties broken
@@ -282,17 +297,31 @@ def evaluate_retrieval(
     num_workers: int = 0,
     ks: Sequence[int] = DEFAULT_KS,
     progress: bool | None = None,
+    hubness_correction: bool = True,
 ) -> dict:
     """Image↔text recall@K over ``pairs`` (each an image and one of its captions).
 
-    Images are the distinct paths, in first-seen order; every row is one caption.
+    Images are the distinct paths, in first-seen order; every row is one caption. Text→image
+    ranks as search does: with the model's hubness correction for specific captions when it has a
+    query bank (``models.hubness``; the uncorrected figures come back as well), unless
+    ``hubness_correction`` is off.
     """
     if not pairs:
         raise DataError("no (image, caption) pairs to evaluate")
     items, text_to_image = _unique_images(pairs)
     image_emb = embed_image_files(encoder, items, batch_size, num_workers, progress)
-    text_emb = embed_texts(encoder, [p.text for p in pairs], batch_size, progress)
-    return retrieval_metrics(image_emb, text_emb, text_to_image, ks)
+    texts = [p.text for p in pairs]
+    text_emb = embed_texts(encoder, texts, batch_size, progress)
+    bank = encoder.query_bank if hubness_correction else None
+    if bank is None:
+        return retrieval_metrics(image_emb, text_emb, text_to_image, ks)
+    plain = retrieval_metrics(image_emb, text_emb, text_to_image, ks)
+    penalty, rows = bank.penalty(image_emb), np.array([hubness.specific(t) for t in texts])
+    result = retrieval_metrics(image_emb, text_emb, text_to_image, ks, image_penalty=penalty,
+                               penalized=rows)  # fmt: skip
+    result["text_to_image_uncorrected"] = plain["text_to_image"]
+    result["hubness_k"], result["hubness_weight"] = bank.k, bank.weight
+    return result
 
 
 def class_embeddings(
