@@ -61,7 +61,9 @@ def main() -> None:
     if index.hub_penalties is None:
         raise SystemExit(f"the model of {args.index} has no query bank: nothing to compare")
     texts, owners = _queries(index, args.captions, args.split)
-    vectors = np.concatenate([index.embed_texts(texts[i : i + 256]) for i in range(0, len(texts), 256)])
+    vectors = np.concatenate(
+        [index.embed_texts(texts[i : i + 256]) for i in range(0, len(texts), 256)]
+    )
     rows = [("plain", *_run(index, vectors, owners, False))]
     rows.append(("corrected, cold", *_run(index, vectors, owners, True)))
     rows.append(("corrected, warm", *_run(index, vectors, owners, True)))

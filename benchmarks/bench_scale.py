@@ -29,6 +29,7 @@ import argparse
 import json
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -352,10 +353,26 @@ def text_recall(args: argparse.Namespace) -> None:
     index.close()
 
 
+def _embed_process(engine: str, subset: Path, out: Path, args: argparse.Namespace) -> dict:
+    """One ``clipsearch embed`` in a process of its own, as a user runs it: its report and wall
+    time, start-up (imports, model load, a Ray cluster) included."""
+    cmd = [sys.executable, "-m", "app.cli", "embed", str(subset), "--out", str(out)]
+    cmd += ["--engine", engine, "--model", args.model, "--precision", args.precision]
+    cmd += ["--batch-size", str(args.batch_size), "--json"]
+    if engine == "ray":
+        cmd += ["--actor-threads", str(args.actor_threads)]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{engine} run failed ({done.returncode}): {done.stderr[-2000:]}")
+    return {"report": json.loads(done.stdout), "wall": wall}
+
+
 def engines(args: argparse.Namespace) -> None:
-    """``clipsearch embed`` on the same images with each engine; ``--repeats`` pairs, the order
-    alternating (local first, then Ray first), so drift on a shared machine hits both alike."""
-    from indexer.embed import EmbedOptions, embed_images
+    """``clipsearch embed`` on the same images with each engine, each run a fresh process;
+    ``--repeats`` pairs, the order alternating (local first, then Ray first), so drift on a shared
+    machine hits both alike."""
     from indexer.scan import scan
 
     files = [f.path for f in scan([args.images]).files if f.reason is None][: args.n]
@@ -364,21 +381,18 @@ def engines(args: argparse.Namespace) -> None:
     subset.mkdir()
     for k, p in enumerate(files):
         (subset / f"{k:06d}{Path(p).suffix}").symlink_to(p)
-    base = {"model": args.model, "precision": args.precision, "batch_size": args.batch_size}
     ratios = []
     try:
         for r in range(args.repeats):
-            results = {}
+            walls = {}
             for engine in ("local", "ray") if r % 2 == 0 else ("ray", "local"):
-                extra = {"actor_threads": args.actor_threads} if engine == "ray" else {}
-                opts = EmbedOptions(engine=engine, **base, **extra)
                 out = work / f"{engine}-{r}"
-                t0 = time.perf_counter()
-                report = embed_images([subset], out, opts)
-                results[engine] = time.perf_counter() - t0
+                run = _embed_process(engine, subset, out, args)
+                walls[engine] = run["wall"]
                 shutil.rmtree(out, ignore_errors=True)
-                print(f"{engine}: {report.summary()}; {results[engine]:.1f} s wall", flush=True)
-            ratios.append(results["ray"] / results["local"])
+                report = {k: v for k, v in run["report"].items() if not isinstance(v, list | dict)}
+                print(f"{engine}: {report}; {run['wall']:.1f} s wall", flush=True)
+            ratios.append(walls["ray"] / walls["local"])
             print(f"ray / local wall time: {ratios[-1]:.2f} ({len(files)} images)", flush=True)
         if len(ratios) > 1:
             print(f"ray / local over {len(ratios)} pairs: median {np.median(ratios):.2f}, "
