@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from indexer import refine
 from indexer.errors import QueryError
-from models import hubness
 
 if TYPE_CHECKING:
     import numpy as np
@@ -256,6 +255,8 @@ def search(
 ) -> list[Hit]:
     """Search with a query expression (or plain text): named images left out, copies collapsed,
     then the optional cutoff (``refine.apply_cutoff``)."""
+    from models import hubness  # numpy: not at import (clipsearch --help imports this module)
+
     parsed = parse_query(query) if isinstance(query, str) else query
     vector, named = embed_query(index, parsed, files)
     text = parsed.plain_text
