@@ -200,6 +200,13 @@ def info_command(
         f"schema {stats['schema_version']}, generation {stats['generation']})",
         f"model      {stats['model']} (weights {stats['pretrained']}, dim {stats['dim']}, "
         f"{stats['precision']})",
+        "ranking    "
+        + (
+            "cosine; sentence queries to images corrected against hub images (query bank of "
+            f"{h['bank']} captions, k {h['k']}, weight {h['weight']})"
+            if (h := stats["hubness"])
+            else "cosine (the model directory has no query bank)"
+        ),
         f"images     {stats['images']}",
         f"texts      {stats['texts']}",
         f"skipped    {stats['skipped']}"

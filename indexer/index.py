@@ -571,7 +571,17 @@ class Index:
     # -- reporting -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counts, model, index types, recall, sizes, damage and format version (``info``)."""
-        return index_stats(
+        """Counts, model, index types, recall, sizes, damage and format version (``info``), and
+        the hubness correction sentence queries get (None without a query bank)."""
+        stats = index_stats(
             self.directory, self.manifest, self.catalog, self._faiss, self.max_pixels
         )
+        hub = self.hub_penalties
+        stats["hubness"] = None
+        if hub is not None:
+            stats["hubness"] = {
+                "bank": len(hub.bank.vectors),
+                "k": hub.bank.k,
+                "weight": hub.bank.weight,
+            }
+        return stats

@@ -169,6 +169,11 @@ def test_search_reorders_specific_text_queries_only(banked, tmp_path: Path) -> N
     try:
         reopened = Index.open(tmp_path / "idx")
         assert reopened.hub_penalties is not None
+        assert reopened.stats()["hubness"] == {"bank": 3, "k": 3, "weight": 2.0}
+        assert (
+            "query bank of 3 captions, k 3"
+            in CliRunner().invoke(app.cli.app, ["info", "--index", str(tmp_path / "idx")]).output
+        )
         query = vectors[:1]
         plain = reopened.search_vectors(query, k=3)[0]
         assert plain[0].id == hub and plain[0].score == pytest.approx(1.0, abs=1e-5)
@@ -193,7 +198,7 @@ def test_search_reorders_specific_text_queries_only(banked, tmp_path: Path) -> N
             directory / hubness.BANK_FILE
         )
         stale = Index.open(tmp_path / "idx")
-        assert stale.hub_penalties is None
+        assert stale.hub_penalties is None and stale.stats()["hubness"] is None
         assert stale.search_vectors(query, k=3, specific=[True])[0][0].id == hub
         stale.close()
     finally:
