@@ -191,9 +191,9 @@ def bank_command(
     bank = hubness.QueryBank(
         embed_texts(encoder, texts), k, weight, encoder.provenance.weights_sha256
     )
-    bank.save(directory / hubness.BANK_FILE)
-    typer.echo(f"wrote {directory / hubness.BANK_FILE}: {len(texts)} captions, k={k}, "
-               f"weight={weight}")  # fmt: skip
+    path = directory / hubness.BANK_FILE
+    bank.save(path)
+    typer.echo(f"wrote {path}: {len(texts)} captions, k={k}, weight={weight}")
 
 
 @app.command("models")

@@ -317,8 +317,9 @@ def evaluate_retrieval(
         return retrieval_metrics(image_emb, text_emb, text_to_image, ks)
     plain = retrieval_metrics(image_emb, text_emb, text_to_image, ks)
     penalty, rows = bank.penalty(image_emb), np.array([hubness.specific(t) for t in texts])
-    result = retrieval_metrics(image_emb, text_emb, text_to_image, ks, image_penalty=penalty,
-                               penalized=rows)  # fmt: skip
+    result = retrieval_metrics(
+        image_emb, text_emb, text_to_image, ks, image_penalty=penalty, penalized=rows
+    )
     result["text_to_image_uncorrected"] = plain["text_to_image"]
     result["hubness_k"], result["hubness_weight"] = bank.k, bank.weight
     return result

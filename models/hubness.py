@@ -13,13 +13,14 @@ it for the candidates a query fetches and needs no stored column. This module im
 a search that embeds its query with the torch-free text tower uses it too.
 
 It applies to *specific* queries (more than :data:`SHORT_WORDS` words): on Flickr8k val it lifts
-sentence queries (text→image R@10 65.7 → 68.6) but costs one-word queries precision, since the
+sentence queries (text→image R@10 65.7 → 68.5) but costs one-word queries precision, since the
 photos of a broad concept ("dog") are exactly the dense region it penalises (models/MODEL_CARD.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,6 @@ from models.errors import ModelError
 log = logging.getLogger(__name__)
 BANK_FILE = "query_bank.npz"
 SHORT_WORDS = 2  # queries of at most this many words are broad: no correction
-DEFAULT_K = 32
-DEFAULT_WEIGHT = 0.5
 # Candidates a corrected search re-ranks: at least this many, and this many times k.
 MIN_POOL, POOL_FACTOR = 50, 5
 _CHUNK = 512  # images per block of bank similarities (bank rows x 512 float32)
@@ -85,13 +84,17 @@ class QueryBank:
         return self.weight * self.hubness(images)
 
     def save(self, path: Path) -> None:
-        np.savez(
-            path,
-            vectors=self.vectors.astype(np.float16),
-            k=np.int64(self.k),
-            weight=np.float64(self.weight),
-            weights_sha256=np.str_(self.weights_sha256),
-        )
+        """Write ``path`` whole or not at all (a temporary file, then renamed over it)."""
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                vectors=self.vectors.astype(np.float16),
+                k=np.int64(self.k),
+                weight=np.float64(self.weight),
+                weights_sha256=np.str_(self.weights_sha256),
+            )
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> QueryBank:
