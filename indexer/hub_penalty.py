@@ -61,10 +61,13 @@ class HubPenalties:
         gen: int,
         lookup: Lookup,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``rows`` (bool, one per query) re-ordered by corrected score; others as they are."""
+        """``rows`` (bool, one per query) re-ordered by corrected score; others as they are.
+        The penalties of all their candidates come in one lookup."""
         scores, ids = scores.copy(), ids.copy()
-        for r in np.flatnonzero(rows):
-            corrected = np.where(ids[r] >= 0, scores[r] - self.of(ids[r], gen, lookup), -np.inf)
-            order = np.argsort(-corrected, kind="stable")
-            scores[r], ids[r] = scores[r][order], ids[r][order]
+        sub = ids[rows]
+        penalty = self.of(sub, gen, lookup).reshape(sub.shape)
+        corrected = np.where(sub >= 0, scores[rows] - penalty, -np.inf)
+        order = np.argsort(-corrected, axis=1, kind="stable")
+        scores[rows] = np.take_along_axis(scores[rows], order, axis=1)
+        ids[rows] = np.take_along_axis(sub, order, axis=1)
         return scores, ids

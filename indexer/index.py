@@ -11,6 +11,7 @@ FAISS states current and checkpoint them.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 import time
@@ -85,8 +86,6 @@ class Index:
         self._probe_vectors: np.ndarray | None = None
         self._prefixes = PrefixSelectors(catalog)
         self._lite_text: LiteTextEncoder | None = None
-        self._hub: HubPenalties | None = None
-        self._hub_read = False
         self.batch_size = int(opts.get("batch_size") or 32)
         self.workers = opts.get("workers")
         self.exclude = tuple(opts.get("exclude") or ())
@@ -382,13 +381,10 @@ class Index:
         with self._faiss.searching.read():  # no delta changes the index during the call
             return self._search_state(state, kind, queries, k, path_prefix, rows)
 
-    @property
+    @functools.cached_property
     def hub_penalties(self) -> HubPenalties | None:
         """The hubness correction of this index's model, when its directory has a query bank."""
-        if not self._hub_read:
-            self._hub = HubPenalties.for_model(self.manifest.model)
-            self._hub_read = True
-        return self._hub
+        return HubPenalties.for_model(self.manifest.model)
 
     def _search_state(
         self,
@@ -426,10 +422,10 @@ class Index:
         finally:
             if len(queries) <= SMALL_BATCH:
                 faiss.omp_set_num_threads(threads)
+        lookup = self.catalog_lookup(kind)
         if state.spec.type == "ivfpq":  # lossy codes: re-score candidates with the float vectors
-            scores, ids = fx.rerank(queries, ids, self.catalog_lookup(kind), top)
+            scores, ids = fx.rerank(queries, ids, lookup, top)
         if hub is not None:
-            lookup = self.catalog_lookup(kind)
             scores, ids = hub.reorder(scores, ids, specific, state.gen, lookup)
         scores, ids = scores[:, : int(k)], ids[:, : int(k)]
         rows = self.catalog.rows(np.unique(ids[ids >= 0]).tolist())

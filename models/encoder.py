@@ -5,6 +5,7 @@ Embeddings are L2-normalised float32 arrays of shape (N, D), so inner product is
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import warnings
@@ -208,8 +209,6 @@ class Encoder:
             self.model.visual.to(memory_format=torch.channels_last)
         self.preprocess = loaded.preprocess
         self._provenance: Provenance | None = None
-        self._query_bank: hubness.QueryBank | None = None
-        self._query_bank_read = False
 
     @classmethod
     def load(
@@ -250,15 +249,12 @@ class Encoder:
             )
         return self._provenance
 
-    @property
+    @functools.cached_property
     def query_bank(self) -> hubness.QueryBank | None:
         """The hubness bank of the model directory, made with these weights (``models.hubness``)."""
-        if not self._query_bank_read:
-            source = self.loaded.source
-            directory = source.directory if source.kind == "file" else None
-            self._query_bank = hubness.find(directory, self.provenance.weights_sha256)
-            self._query_bank_read = True
-        return self._query_bank
+        source = self.loaded.source
+        directory = source.directory if source.kind == "file" else None
+        return hubness.find(directory, self.provenance.weights_sha256)
 
     def preprocess_image(self, image: Image.Image | str | Path) -> torch.Tensor:
         """Decode (if a path) and transform one image into the model's input tensor."""
