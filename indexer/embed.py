@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,11 +27,12 @@ from indexer import shards as sh
 from indexer.decode import WORKER_NICE, resolve_max_pixels
 from indexer.errors import IndexError_
 from indexer.layout import DEFAULT_SHARD_SIZE, ENGINES
-from indexer.pipeline import DecodeDataset, batches, default_workers
 from indexer.results import IndexReport
 from indexer.scan import Found, scan
 from indexer.texts import sha256_text
-from models.encoder import Encoder
+
+if TYPE_CHECKING:  # torch and the model code load in _load: with Ray, beside the cluster's start
+    from models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,8 @@ def _check(opts: EmbedOptions) -> None:
 def _load(opts: EmbedOptions) -> Encoder:
     # With Ray the encoders run in actors; this process only needs the model's identity and
     # preprocessing, so it loads it on the CPU.
+    from models.encoder import Encoder
+
     device = opts.device if opts.engine == "local" else "cpu"
     return Encoder.load(opts.model, opts.pretrained, device, opts.precision)
 
@@ -276,6 +279,8 @@ def _local_image_results(
     opts: EmbedOptions,
     max_pixels: int,
 ) -> Iterator[Result]:
+    from indexer.pipeline import DecodeDataset, batches, default_workers
+
     dataset = DecodeDataset(
         [todo[p].path for p in decodable], encoder.preprocess, max_pixels, encoder.image_size
     )

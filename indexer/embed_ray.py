@@ -101,11 +101,14 @@ def _actor_resources(opts: EmbedOptions) -> tuple[dict[str, Any], int | None]:
     of 32, alternating, on this project's 2-core machine; docs/benchmarks.md, issue 11 (a))."""
     import ray
 
+    from models import allocator
+
     if ray.cluster_resources().get("GPU", 0) >= 1 and opts.device in ("auto", "cuda"):
         return {"num_gpus": 1}, None
     threads = opts.actor_threads or 1
-    env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
-    return {"num_cpus": 1, "runtime_env": env}, threads
+    # Ray Data calls the actor from a thread of its own: one malloc arena for all its threads.
+    env_vars = {"OMP_NUM_THREADS": str(threads), **allocator.child_env(single_arena=True)}
+    return {"num_cpus": 1, "runtime_env": {"env_vars": env_vars}}, threads
 
 
 def split_preprocess(

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from models import hubness, registry, weights
+from models import allocator, hubness, registry, weights
 from models.errors import ModelError
 from models.images import open_rgb
 from models.trunks import init_from_packages
@@ -196,6 +196,8 @@ class Encoder:
             raise ModelError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if precision == "auto":
             precision = auto_precision(device)
+        if device.type == "cpu":
+            allocator.tune()
         self.loaded = loaded
         self.device = device
         self.precision = precision

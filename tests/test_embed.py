@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +116,15 @@ def test_decode_tasks_crop_in_pil_alone_with_the_same_pixels() -> None:
         assert pil_only(other) is other
 
 
-def test_the_ray_decode_module_imports_no_torch() -> None:
-    """Every Ray decode worker process imports it; torch and open_clip cost ~9 s of CPU there."""
+def test_the_embed_modules_import_no_torch() -> None:
+    """Every Ray decode worker process imports ``embed_ray``, and torch and open_clip cost ~9 s of
+    CPU there; a Ray job's driver imports them while its cluster starts, not before."""
     import subprocess
-    import sys
 
-    code = "import sys, indexer.embed_ray; print(sorted({'torch', 'open_clip'} & set(sys.modules)))"
+    code = (
+        "import sys, indexer.embed, indexer.embed_ray; "
+        "print(sorted({'torch', 'open_clip'} & set(sys.modules)))"
+    )
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
@@ -134,12 +138,17 @@ def test_a_cpu_encoder_actor_gets_its_thread_count_in_omp_num_threads(
     """Ray would set OMP_NUM_THREADS to the actor's one CPU; a GPU actor is left alone."""
     import indexer.embed_ray as embed_ray
     from indexer.embed import EmbedOptions
+    from models import allocator
 
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     options, threads = embed_ray._actor_resources(EmbedOptions(actor_threads=3))
     assert threads == 3 and options["num_cpus"] == 1
-    assert options["runtime_env"] == {"env_vars": {"OMP_NUM_THREADS": "3"}}
+    env = options["runtime_env"]["env_vars"]
+    assert env == {"OMP_NUM_THREADS": "3", **allocator.child_env(single_arena=True)}
+    if sys.platform.startswith("linux") and allocator.child_env():
+        # Ray Data calls the actor from a thread of its own: the main heap for every thread.
+        assert env["MALLOC_ARENA_MAX"] == "1" and "MALLOC_MMAP_THRESHOLD_" in env
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
     assert embed_ray._actor_resources(EmbedOptions()) == ({"num_gpus": 1}, None)
 
