@@ -4,7 +4,7 @@ glibc serves an allocation above its mmap threshold (adjusted at run time, 32 Mi
 fresh ``mmap`` and unmaps it on ``free``, so every forward pass pays the kernel to map and zero
 its activations again: encoding a batch of 32 at 260 px (clipsearch-base) on this project's 2-core
 host spent ~45 % of its CPU time in the kernel. Serving such blocks from the heap and keeping
-freed memory there for the next batch cut the time per batch by 2-2.5x, for ~15 % more peak RSS
+freed memory there for the next batch cut the time per batch by 2-2.5x, for ~25 % more peak RSS
 (docs/benchmarks.md, "CPU allocator").
 
 The settings are process-wide; a user who sets one of them (``MALLOC_MMAP_THRESHOLD_``, ... or
