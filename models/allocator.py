@@ -33,9 +33,10 @@ SETTINGS = {
 
 
 def _wanted() -> bool:
-    if os.environ.get(OPT_OUT, "1") == "0" or "glibc.malloc" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    ):
+    """On Linux, unless the user opted out or set glibc's malloc themselves."""
+    if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT, "1") == "0":
+        return False
+    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     return not any(name in os.environ for name in SETTINGS)
 
@@ -43,7 +44,7 @@ def _wanted() -> bool:
 @functools.cache
 def tune() -> bool:
     """Apply :data:`SETTINGS` to this process once; True when glibc took all of them."""
-    if not sys.platform.startswith("linux") or not _wanted():
+    if not _wanted():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -60,7 +61,7 @@ def child_env(single_arena: bool = False) -> dict[str, str]:
     process keeps glibc's defaults). ``single_arena``: every thread allocates from the main heap,
     for a child that runs its model in a thread other than the main one (a thread's own arena is
     at most 64 MiB, so its larger blocks are mapped afresh whatever the threshold)."""
-    if not sys.platform.startswith("linux") or not _wanted():
+    if not _wanted():
         return {}
     env = {name: str(value) for name, (_, value) in SETTINGS.items()}
     if single_arena:

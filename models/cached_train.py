@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from models import allocator, weights
+from models import weights
 from models.data import read_pairs
 from models.encoder import LoadedModel, load_model, resolve_device
 from models.errors import CheckpointError, ClipsearchError
@@ -235,8 +235,6 @@ class CachedTrainer:
             raise ClipsearchError("cached-trunk training selects on validation: pass --val-data")
         self.cfg, self.out = cfg, Path(cfg.out)
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            allocator.tune()
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         pairs = read_pairs(cfg.data, cfg.image_root, cfg.image_col, cfg.text_col, split=cfg.split)
         val = read_pairs(

@@ -135,7 +135,10 @@ def load_model(
 
     Random initialisation is seeded, so ``--pretrained none`` gives the same weights in every
     process. Towers that carry their own package weights (an HF text tower) still load them.
+    A model for the CPU tunes the process's malloc for its batches first (``models.allocator``).
     """
+    if torch.device(device).type == "cpu":
+        allocator.tune()
     source = weights.resolve(model, pretrained)
     name = source.model
     if source.model_cfg is not None and (
@@ -196,8 +199,6 @@ class Encoder:
             raise ModelError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if precision == "auto":
             precision = auto_precision(device)
-        if device.type == "cpu":
-            allocator.tune()
         self.loaded = loaded
         self.device = device
         self.precision = precision

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models import allocator, registry, rng, weights
+from models import registry, rng, weights
 from models.accumulation import accumulate_gradients
 from models.data import Pair, read_pairs
 from models.distributed import (
@@ -264,8 +264,6 @@ class Trainer:
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
         self.device = dist.device
-        if self.device.type == "cpu":
-            allocator.tune()
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
 
         self.pairs = read_pairs(

@@ -25,6 +25,13 @@ class _MallInfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
+@pytest.fixture
+def glibc_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment without the user's own malloc settings or the opt-out."""
+    for name in (*allocator.SETTINGS, allocator.OPT_OUT, "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def _mapped_blocks() -> int:
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = _MallInfo2
@@ -32,14 +39,8 @@ def _mapped_blocks() -> int:
 
 
 @glibc
-def test_a_tuned_process_serves_large_blocks_from_the_heap(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_tuned_process_serves_large_blocks_from_the_heap(glibc_defaults: None) -> None:
     """A 96 MiB block (a batch's activations) is no longer mapped afresh on each allocation."""
-    for name in allocator.SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv(allocator.OPT_OUT, raising=False)
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert allocator.tune.__wrapped__() is True
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -70,11 +71,7 @@ def test_a_users_own_malloc_settings_are_kept(
 
 
 @glibc
-def test_a_child_process_gets_the_settings_and_optionally_one_arena(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for name in (*allocator.SETTINGS, allocator.OPT_OUT, "GLIBC_TUNABLES"):
-        monkeypatch.delenv(name, raising=False)
+def test_a_child_process_gets_the_settings_and_optionally_one_arena(glibc_defaults: None) -> None:
     env = allocator.child_env()
     assert env == {name: str(value) for name, (_, value) in allocator.SETTINGS.items()}
     assert int(env["MALLOC_MMAP_THRESHOLD_"]) >= 128 * allocator.MIB
