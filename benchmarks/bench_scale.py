@@ -360,7 +360,7 @@ def _embed_process(engine: str, subset: Path, out: Path, args: argparse.Namespac
     cmd += ["--engine", engine, "--model", args.model, "--precision", args.precision]
     cmd += ["--batch-size", str(args.batch_size), "--json"]
     if engine == "ray":
-        cmd += ["--actor-threads", str(args.actor_threads)]
+        cmd += ["--actor-threads", str(args.actor_threads), "--pool-size", str(args.pool_size)]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
@@ -433,6 +433,7 @@ def main() -> None:
     e.add_argument("--precision", default="fp32")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--actor-threads", type=int, default=2)
+    e.add_argument("--pool-size", type=int, default=1, help="Ray: encoder actors")
     e.add_argument("--repeats", type=int, default=1, help="pairs of runs, alternating order")
     args = p.parse_args()
     {"gen": gen, "build": build, "text-recall": text_recall, "engines": engines}[args.command](args)

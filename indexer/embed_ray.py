@@ -276,9 +276,33 @@ def _blocks(columns: dict[str, list], rows_per_block: int) -> Any:
     return ray.data.from_arrow(tables)
 
 
-def _run(dataset: Any, actor: type, opts: EmbedOptions) -> Iterator[dict[str, np.ndarray]]:
+def _check_room(
+    cluster: dict[str, float], resources: dict[str, Any], opts: EmbedOptions, decode_cpus: float
+) -> None:
+    """Refuse a pool the cluster cannot hold beside one decode task: Ray Data would wait for the
+    missing resources forever, with no message (a 2-CPU machine and ``--pool-size 2`` did)."""
+    if "num_gpus" in resources:
+        have, need = cluster.get("GPU", 0), float(opts.pool_size)
+        what = f"{opts.pool_size} encoder actors of one GPU each"
+    else:
+        have, need = cluster.get("CPU", 0), opts.pool_size * resources["num_cpus"] + decode_cpus
+        what = f"{opts.pool_size} encoder actors of {resources['num_cpus']} CPU each" + (
+            f" and {decode_cpus} CPU for decoding" if decode_cpus else ""
+        )
+    if need > have:
+        raise IndexError_(
+            f"--pool-size {opts.pool_size} needs {what}, but the Ray cluster has {have:g}; use a "
+            "smaller --pool-size (each CPU actor runs --actor-threads torch threads) or add nodes"
+        )
+
+
+def _run(
+    dataset: Any, actor: type, opts: EmbedOptions, decode_cpus: float = 0.0
+) -> Iterator[dict[str, np.ndarray]]:
     resources, threads = _actor_resources(opts)
     import ray
+
+    _check_room(ray.cluster_resources(), resources, opts, decode_cpus)
 
     encoded = dataset.map_batches(
         actor,
@@ -314,7 +338,7 @@ def ray_image_results(
         batch_format="numpy",
         num_cpus=DECODE_CPUS,
     )
-    for batch in _run(decoded, ImageEncoderActor, opts):
+    for batch in _run(decoded, ImageEncoderActor, opts, DECODE_CPUS):
         for k, pos in enumerate(batch["pos"]):
             if batch["ok"][k]:
                 yield Result(

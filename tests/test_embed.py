@@ -153,6 +153,22 @@ def test_a_cpu_encoder_actor_gets_its_thread_count_in_omp_num_threads(
     assert embed_ray._actor_resources(EmbedOptions()) == ({"num_gpus": 1}, None)
 
 
+def test_a_pool_the_cluster_cannot_hold_is_refused_not_waited_for() -> None:
+    """Two 1-CPU actors and a decode task on 2 CPUs: Ray Data would wait forever."""
+    from indexer.embed import EmbedOptions
+    from indexer.embed_ray import _check_room
+    from indexer.errors import IndexError_
+
+    cpu = {"num_cpus": 1}
+    _check_room({"CPU": 2.0}, cpu, EmbedOptions(pool_size=1), 0.5)
+    _check_room({"CPU": 2.0}, cpu, EmbedOptions(pool_size=2), 0.0)  # texts decode nothing
+    with pytest.raises(IndexError_, match=r"--pool-size 2 needs .*cluster has 2; use a smaller"):
+        _check_room({"CPU": 2.0}, cpu, EmbedOptions(pool_size=2), 0.5)
+    _check_room({"CPU": 2.0, "GPU": 2.0}, {"num_gpus": 1}, EmbedOptions(pool_size=2), 0.5)
+    with pytest.raises(IndexError_, match="one GPU each, but the Ray cluster has 1"):
+        _check_room({"CPU": 8.0, "GPU": 1.0}, {"num_gpus": 1}, EmbedOptions(pool_size=2), 0.5)
+
+
 def test_a_ray_job_starts_its_cluster_while_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
