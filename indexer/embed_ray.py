@@ -282,16 +282,18 @@ def _check_room(
     """Refuse a pool the cluster cannot hold beside one decode task: Ray Data would wait for the
     missing resources forever, with no message (a 2-CPU machine and ``--pool-size 2`` did)."""
     if "num_gpus" in resources:
-        have, need = cluster.get("GPU", 0), float(opts.pool_size)
+        have, need, unit = cluster.get("GPU", 0), float(opts.pool_size), "GPU"
         what = f"{opts.pool_size} encoder actors of one GPU each"
     else:
-        have, need = cluster.get("CPU", 0), opts.pool_size * resources["num_cpus"] + decode_cpus
+        have, unit = cluster.get("CPU", 0), "CPU"
+        need = opts.pool_size * resources["num_cpus"] + decode_cpus
         what = f"{opts.pool_size} encoder actors of {resources['num_cpus']} CPU each" + (
             f" and {decode_cpus} CPU for decoding" if decode_cpus else ""
         )
     if need > have:
+        has = f"{have:g} {unit}" + "s" * (have != 1)
         raise IndexError_(
-            f"--pool-size {opts.pool_size} needs {what}, but the Ray cluster has {have:g}; use a "
+            f"--pool-size {opts.pool_size} needs {what}, but the Ray cluster has {has}; use a "
             "smaller --pool-size (each CPU actor runs --actor-threads torch threads) or add nodes"
         )
 

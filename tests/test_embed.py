@@ -162,11 +162,28 @@ def test_a_pool_the_cluster_cannot_hold_is_refused_not_waited_for() -> None:
     cpu = {"num_cpus": 1}
     _check_room({"CPU": 2.0}, cpu, EmbedOptions(pool_size=1), 0.5)
     _check_room({"CPU": 2.0}, cpu, EmbedOptions(pool_size=2), 0.0)  # texts decode nothing
-    with pytest.raises(IndexError_, match=r"--pool-size 2 needs .*cluster has 2; use a smaller"):
+    with pytest.raises(
+        IndexError_, match=r"--pool-size 2 needs .*cluster has 2 CPUs; use a smaller"
+    ):
         _check_room({"CPU": 2.0}, cpu, EmbedOptions(pool_size=2), 0.5)
     _check_room({"CPU": 2.0, "GPU": 2.0}, {"num_gpus": 1}, EmbedOptions(pool_size=2), 0.5)
-    with pytest.raises(IndexError_, match="one GPU each, but the Ray cluster has 1"):
+    with pytest.raises(IndexError_, match="one GPU each, but the Ray cluster has 1 GPU; use"):
         _check_room({"CPU": 8.0, "GPU": 1.0}, {"num_gpus": 1}, EmbedOptions(pool_size=2), 0.5)
+
+
+def test_an_engine_error_is_raised_as_it_is_not_as_missing_results(tmp_path: Path) -> None:
+    """A job that stops on an engine's error (a pool refused, a lost cluster) reports that error,
+    not the shards it left unfinished."""
+    from indexer.embed import Collector, EmbedReport, Result, _drain
+    from indexer.errors import IndexError_
+
+    def results() -> object:
+        yield Result(0, np.ones(DIM, np.float32), "x")
+        raise IndexError_("the engine stopped")
+
+    collector = Collector(tmp_path, sh.TEXTS, ["a dog", "a cat"], DIM, 0, 10, EmbedReport())
+    with pytest.raises(IndexError_, match="the engine stopped"):
+        _drain(collector, results(), 0.0)
 
 
 def test_a_ray_job_starts_its_cluster_while_the_model_loads(
