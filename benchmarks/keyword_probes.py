@@ -11,7 +11,8 @@ features (the head's input: what any head trained on these photos could use). Se
 on the last 1,000 training photos (held out from the fit; the model itself was trained on them,
 which flatters the embedding's rows there), the chosen one is refitted on all 6,000 and scored on
 val as `eval keywords` scores the bare word; the best val figure of any setting is printed too.
-If these do not reach a P@10, no ranking of these features trained on these captions is likely to.
+Where these stop short of a P@10, a ranking of these features learnt from these captions is
+unlikely to reach it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def features(encoder: Encoder, pairs: list[Pair]) -> tuple[np.ndarray, np.ndarra
 
 
 def cached(path: Path | None, encoder: Encoder, pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`features`, kept in ``path`` (an ``.npz``) for reruns when one is given."""
     if path is not None and path.is_file():
         with np.load(path) as z:
             return z["pooled"], z["emb"]
@@ -119,7 +121,6 @@ def main() -> None:
     ap.add_argument("--model", default="clipsearch-base")
     ap.add_argument("--cache", type=Path, help="keep the features here for reruns")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     encoder = Encoder.load(args.model, device="cpu")
     train = read_pairs(args.data, args.image_root, split="train")
