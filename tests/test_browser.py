@@ -22,6 +22,11 @@ CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM") or next(
 )
 
 
+# A search can wait on the model loading in a busy 2-core CI machine: generous, since the helpers
+# return as soon as the page is ready.
+WAIT_MS = 30_000
+
+
 def _require_browser() -> None:
     problem = None
     try:
@@ -97,13 +102,13 @@ def wait_done(page, label: str) -> None:
     page.wait_for_function(
         "label => document.getElementById('status').textContent.includes('for ' + label + ' in')",
         arg=label,
-        timeout=15000,
+        timeout=WAIT_MS,
     )
 
 
 def wait_results(page, n: int) -> list:
     page.wait_for_function(
-        "n => document.querySelectorAll('#results .hit').length === n", arg=n, timeout=15000
+        "n => document.querySelectorAll('#results .hit').length === n", arg=n, timeout=WAIT_MS
     )
     return page.query_selector_all("#results .hit")
 
@@ -112,7 +117,7 @@ def thumbnails_loaded(page) -> bool:
     page.wait_for_function(
         "() => [...document.querySelectorAll('#results img')]"
         ".every(i => i.complete && i.naturalWidth > 0)",
-        timeout=15000,
+        timeout=WAIT_MS,
     )
     return True
 
