@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,14 +32,7 @@ sys.path.insert(0, str(ROOT))
 from models.data import Pair, read_pairs  # noqa: E402
 from models.encoder import Encoder  # noqa: E402
 from models.evaluate import _unique_images, embed_image_files  # noqa: E402
-from models.keywords import (  # noqa: E402
-    WORD,
-    frequent_nouns,
-    noun_lemma,
-    ranking_metrics,
-    relevance,
-    uses,
-)
+from models.keywords import caption_counts, frequent_nouns, ranking_metrics, relevance  # noqa: E402
 
 HELD_OUT = 1000  # last training photos, for choosing settings
 MIN_CAPTIONS = 10  # a noun joins the vocabulary when this many training captions use it
@@ -71,6 +63,13 @@ def cached(path: Path | None, encoder: Encoder, pairs: list[Pair]) -> tuple[np.n
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, pooled=pooled, emb=emb)
     return pooled, emb
+
+
+def standardise(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both scaled per dimension by the training rows' mean and spread: for the embedding still a
+    linear map of it, so a linear probe there stays one query vector (plus a constant)."""
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return (train - mean) / std, (val - mean) / std
 
 
 def fit(
@@ -130,39 +129,26 @@ def main() -> None:
     }
     tr_pooled, tr_emb = cached(cache["train"], encoder, train)
     va_pooled, va_emb = cached(cache["val"], encoder, val)
-    # Standardised per dimension on the training photos: for the embedding still a linear map of
-    # it, so a linear probe there stays one query vector (plus a constant) for the index.
-    x = {
-        name: ((tr - tr.mean(0)) / (tr.std(0) + 1e-6), (va - tr.mean(0)) / (tr.std(0) + 1e-6))
-        for name, (tr, va) in {
-            "embedding": (tr_emb, va_emb),
-            "trunk": (tr_pooled, va_pooled),
-        }.items()
-    }
+    x = {"embedding": standardise(tr_emb, va_emb), "trunk": standardise(tr_pooled, va_pooled)}
     print(f"features: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    counts: Counter[str] = Counter()
-    for p in train:
-        counts.update(
-            {lemma for w in set(WORD.findall(p.text.lower())) if (lemma := noun_lemma(w))}
-        )
+    counts, _ = caption_counts([p.text for p in train])
     vocab = [w for w, k in counts.most_common() if k >= MIN_CAPTIONS]
-    items, image_of = _unique_images(train)
-    y = uses([p.text for p in train], image_of, vocab, len(items)).T.astype(np.float32)
+    y = relevance(train, vocab).T.astype(np.float32)  # photos x nouns
     words = frequent_nouns([p.text for p in val], 50)
     missing = [w for w in words if w not in vocab]
     if missing:
         raise SystemExit(f"val nouns missing from the training vocabulary: {missing}")
     col = [vocab.index(w) for w in words]
     rel = relevance(val, words)
-    fit_rows = np.arange(len(items)) < len(items) - HELD_OUT
+    fit_rows = np.arange(len(y)) < len(y) - HELD_OUT
     held_rel = y[~fit_rows][:, col].T.astype(bool)
 
     bare = encoder.encode_texts(words)
     bare /= np.linalg.norm(bare, axis=1, keepdims=True)
     base_val = ranking_metrics(bare @ va_emb.T, rel)
     base_held = ranking_metrics(bare @ tr_emb[~fit_rows].T, held_rel)
-    print(f"{len(vocab)} nouns in the vocabulary, {len(words)} val words, {len(items)} photos")
+    print(f"{len(vocab)} nouns in the vocabulary, {len(words)} val words, {len(y)} photos")
     print("| ranking | held-out P@10 | val P@10 | val mAP | fit s |")
     print("| --- | --- | --- | --- | --- |")
     print(f"| bare word, cosine (shipped) | {base_held['P@10']:.3f} | {base_val['P@10']:.3f} | "
@@ -185,7 +171,7 @@ def main() -> None:
     name, hidden, drop, wd, epochs = best
     score = fit(x[name][0], y, hidden, drop, wd, epochs)
     final = ranking_metrics(score(x[name][1])[:, col].T, rel)
-    print(f"chosen on the held-out photos: {best}; refitted on all {len(items)} training photos: "
+    print(f"chosen on the held-out photos: {best}; refitted on all {len(y)} training photos: "
           f"val P@10 {final['P@10']:.3f}, mAP {final['mAP']:.3f}; "
           f"{time.perf_counter() - t0:.0f} s in all")  # fmt: skip
     print(f"best val P@10 of any setting (chosen on val itself, so optimistic): {top_val:.3f}")

@@ -92,8 +92,11 @@ def connected(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-def _actor_resources(opts: EmbedOptions) -> tuple[dict[str, Any], int | None]:
-    """(Ray options of one encoder actor, torch threads it should use).
+def _actor_resources(
+    opts: EmbedOptions, decode_cpus: float = 0.0
+) -> tuple[dict[str, Any], int | None]:
+    """(Ray options of one encoder actor, torch threads it should use), once the cluster is known
+    to hold ``opts.pool_size`` such actors beside ``decode_cpus`` (:func:`_check_room`).
 
     A CPU actor's process also starts with ``OMP_NUM_THREADS`` at its thread count: Ray sets it
     to the actor's ``num_cpus`` (1), and although ``torch.set_num_threads`` then runs two threads,
@@ -103,12 +106,17 @@ def _actor_resources(opts: EmbedOptions) -> tuple[dict[str, Any], int | None]:
 
     from models import allocator
 
-    if ray.cluster_resources().get("GPU", 0) >= 1 and opts.device in ("auto", "cuda"):
-        return {"num_gpus": 1}, None
-    threads = opts.actor_threads or 1
-    # Ray Data calls the actor from a thread of its own: one malloc arena for all its threads.
-    env_vars = {"OMP_NUM_THREADS": str(threads), **allocator.child_env(single_arena=True)}
-    return {"num_cpus": 1, "runtime_env": {"env_vars": env_vars}}, threads
+    cluster = ray.cluster_resources()
+    if cluster.get("GPU", 0) >= 1 and opts.device in ("auto", "cuda"):
+        resources: dict[str, Any] = {"num_gpus": 1}
+        threads = None
+    else:
+        threads = opts.actor_threads or 1
+        # Ray Data calls the actor from a thread of its own: one malloc arena for all its threads.
+        env_vars = {"OMP_NUM_THREADS": str(threads), **allocator.child_env(single_arena=True)}
+        resources = {"num_cpus": 1, "runtime_env": {"env_vars": env_vars}}
+    _check_room(cluster, resources, opts, decode_cpus)
+    return resources, threads
 
 
 def split_preprocess(
@@ -301,10 +309,8 @@ def _check_room(
 def _run(
     dataset: Any, actor: type, opts: EmbedOptions, decode_cpus: float = 0.0
 ) -> Iterator[dict[str, np.ndarray]]:
-    resources, threads = _actor_resources(opts)
+    resources, threads = _actor_resources(opts, decode_cpus)
     import ray
-
-    _check_room(ray.cluster_resources(), resources, opts, decode_cpus)
 
     encoded = dataset.map_batches(
         actor,

@@ -104,6 +104,17 @@ def noun_lemma(word: str) -> str | None:
     return lemmas["NOUN"][0]
 
 
+def caption_counts(captions: Sequence[str]) -> tuple[Counter[str], Counter[str]]:
+    """(nouns, words): how many captions use each noun (singular) and each word."""
+    nouns: Counter[str] = Counter()
+    words: Counter[str] = Counter()
+    for caption in captions:
+        tokens = set(WORD.findall(caption.lower()))
+        words.update(tokens)
+        nouns.update({lemma for w in tokens if (lemma := noun_lemma(w))})
+    return nouns, words
+
+
 def frequent_nouns(captions: Sequence[str], n: int = 50) -> list[str]:
     """The ``n`` nouns (singular) used by the most captions.
 
@@ -112,12 +123,7 @@ def frequent_nouns(captions: Sequence[str], n: int = 50) -> list[str]:
     """
     from lemminflect import getInflection
 
-    nouns: Counter[str] = Counter()
-    words: Counter[str] = Counter()
-    for caption in captions:
-        tokens = set(WORD.findall(caption.lower()))
-        words.update(tokens)
-        nouns.update({lemma for w in tokens if (lemma := noun_lemma(w))})
+    nouns, words = caption_counts(captions)
     kept = [
         w for w, uses in nouns.most_common()
         if 4 * sum(words[f] for f in getInflection(w, tag="VBG") or ()) <= uses
