@@ -101,7 +101,8 @@ def _actor_resources(
     A CPU actor's process also starts with ``OMP_NUM_THREADS`` at its thread count: Ray sets it
     to the actor's ``num_cpus`` (1), and although ``torch.set_num_threads`` then runs two threads,
     the same batches encoded ~8 % slower that way (2.11 and 2.19 s against 1.92 and 2.03 s a batch
-    of 32, alternating, on this project's 2-core machine; docs/benchmarks.md, issue 11 (a))."""
+    of 32, alternating, on this project's 2-core machine; docs/benchmarks.md, issue 11 (a)), and
+    with this process's malloc settings (``models.allocator``)."""
     import ray
 
     from models import allocator
@@ -112,8 +113,7 @@ def _actor_resources(
         threads = None
     else:
         threads = opts.actor_threads or 1
-        # Ray Data calls the actor from a thread of its own: one malloc arena for all its threads.
-        env_vars = {"OMP_NUM_THREADS": str(threads), **allocator.child_env(single_arena=True)}
+        env_vars = {"OMP_NUM_THREADS": str(threads), **allocator.child_env()}
         resources = {"num_cpus": 1, "runtime_env": {"env_vars": env_vars}}
     _check_room(cluster, resources, opts, decode_cpus)
     return resources, threads
@@ -312,12 +312,16 @@ def _run(
     resources, threads = _actor_resources(opts, decode_cpus)
     import ray
 
+    # The actor's calls run on its main thread, one at a time, not in a thread Ray Data starts for
+    # them: there the same batches took 1.27-1.41 s against 1.04-1.09 s (its two torch threads got
+    # 1.5 of this 2-core machine's cores, not 1.8; docs/benchmarks.md, issue 11 (a)).
+    strategy = ray.data.ActorPoolStrategy(size=opts.pool_size, enable_true_multi_threading=True)
     encoded = dataset.map_batches(
         actor,
         fn_constructor_args=(opts, threads),
         batch_size=opts.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=opts.pool_size),
+        compute=strategy,
         **resources,
     )
     yield from encoded.iter_batches(batch_size=None, batch_format="numpy")

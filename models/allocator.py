@@ -56,14 +56,11 @@ def tune() -> bool:
     return done
 
 
-def child_env(single_arena: bool = False) -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The same settings as environment variables for a process this one starts (empty where this
-    process keeps glibc's defaults). ``single_arena``: every thread allocates from the main heap,
-    for a child that runs its model in a thread other than the main one (a thread's own arena is
-    at most 64 MiB, so its larger blocks are mapped afresh whatever the threshold)."""
+    process keeps glibc's defaults). They govern the main heap, which the child's main thread
+    allocates from: a model run in another thread gets an arena of its own (64 MiB at most), where
+    larger blocks are mapped afresh whatever the threshold."""
     if not _wanted():
         return {}
-    env = {name: str(value) for name, (_, value) in SETTINGS.items()}
-    if single_arena:
-        env["MALLOC_ARENA_MAX"] = "1"
-    return env
+    return {name: str(value) for name, (_, value) in SETTINGS.items()}

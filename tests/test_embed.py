@@ -70,6 +70,34 @@ def test_ray_engine_matches_the_local_one(folder: Path) -> None:
     assert {r["reason"] for r in ray_skipped} == {"corrupt", "empty"}
 
 
+@pytest.mark.slow
+def test_the_encoder_actors_calls_run_on_its_main_thread() -> None:
+    """Called from a thread Ray Data starts for them, the same batches took ~25 % longer (issue 11
+    (a)); the model's main-heap malloc settings also hold only for the main thread."""
+    ray = pytest.importorskip("ray")
+    import threading
+
+    from indexer.embed import EmbedOptions
+    from indexer.embed_ray import _run
+
+    class Probe:  # defined here, so Ray ships it to the actor by value
+        def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
+            self.threads = threads
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            main = threading.current_thread() is threading.main_thread()
+            return {"pos": batch["pos"], "main": np.full(len(batch["pos"]), main)}
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        data = ray.data.from_items([{"pos": k} for k in range(6)])
+        batches = list(_run(data, Probe, EmbedOptions(batch_size=2, actor_threads=1)))
+    finally:
+        ray.shutdown()
+    assert sorted(int(p) for b in batches for p in b["pos"]) == list(range(6))
+    assert all(bool(m) for b in batches for m in b["main"])
+
+
 def test_ray_crops_travel_as_uint8_and_give_the_same_input(folder: Path) -> None:
     """The decode task ships uint8 crops; the actor's tensor part rebuilds the exact input."""
     from PIL import Image
@@ -145,10 +173,9 @@ def test_a_cpu_encoder_actor_gets_its_thread_count_in_omp_num_threads(
     options, threads = embed_ray._actor_resources(EmbedOptions(actor_threads=3))
     assert threads == 3 and options["num_cpus"] == 1
     env = options["runtime_env"]["env_vars"]
-    assert env == {"OMP_NUM_THREADS": "3", **allocator.child_env(single_arena=True)}
+    assert env == {"OMP_NUM_THREADS": "3", **allocator.child_env()}
     if sys.platform.startswith("linux") and allocator.child_env():
-        # Ray Data calls the actor from a thread of its own: the main heap for every thread.
-        assert env["MALLOC_ARENA_MAX"] == "1" and "MALLOC_MMAP_THRESHOLD_" in env
+        assert "MALLOC_MMAP_THRESHOLD_" in env
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
     assert embed_ray._actor_resources(EmbedOptions()) == ({"num_gpus": 1}, None)
 
