@@ -98,23 +98,19 @@ def _actor_resources(
     """(Ray options of one encoder actor, torch threads it should use), once the cluster is known
     to hold ``opts.pool_size`` such actors beside ``decode_cpus`` (:func:`_check_room`).
 
-    A CPU actor's process also starts with ``OMP_NUM_THREADS`` at its thread count: Ray sets it
-    to the actor's ``num_cpus`` (1), and although ``torch.set_num_threads`` then runs two threads,
-    the same batches encoded ~8 % slower that way (2.11 and 2.19 s against 1.92 and 2.03 s a batch
-    of 32, alternating, on this project's 2-core machine; docs/benchmarks.md, issue 11 (a)), and
-    with this process's malloc settings (``models.allocator``)."""
+    A CPU actor reserves one CPU and sets its torch threads itself. Ray starts it with
+    ``OMP_NUM_THREADS=1``; setting the thread count in the environment instead (a ``runtime_env``)
+    encoded no faster since the calls run on the actor's main thread, and its worker process took
+    ~1.8 s longer to start (docs/benchmarks.md, issue 11 (a))."""
     import ray
-
-    from models import allocator
 
     cluster = ray.cluster_resources()
     if cluster.get("GPU", 0) >= 1 and opts.device in ("auto", "cuda"):
         resources: dict[str, Any] = {"num_gpus": 1}
         threads = None
     else:
+        resources = {"num_cpus": 1}
         threads = opts.actor_threads or 1
-        env_vars = {"OMP_NUM_THREADS": str(threads), **allocator.child_env()}
-        resources = {"num_cpus": 1, "runtime_env": {"env_vars": env_vars}}
     _check_room(cluster, resources, opts, decode_cpus)
     return resources, threads
 

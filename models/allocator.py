@@ -54,13 +54,3 @@ def tune() -> bool:
     done = all(mallopt(param, value) == 1 for param, value in SETTINGS.values())
     log.debug("malloc tuned for large tensors: %s", done)
     return done
-
-
-def child_env() -> dict[str, str]:
-    """The same settings as environment variables for a process this one starts (empty where this
-    process keeps glibc's defaults). They govern the main heap, which the child's main thread
-    allocates from: a model run in another thread gets an arena of its own (64 MiB at most), where
-    larger blocks are mapped afresh whatever the threshold."""
-    if not _wanted():
-        return {}
-    return {name: str(value) for name, (_, value) in SETTINGS.items()}

@@ -67,11 +67,3 @@ def test_a_users_own_malloc_settings_are_kept(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert allocator.tune.__wrapped__() is False
-    assert allocator.child_env() == {}
-
-
-@glibc
-def test_a_child_process_gets_the_settings(glibc_defaults: None) -> None:
-    env = allocator.child_env()
-    assert env == {name: str(value) for name, (_, value) in allocator.SETTINGS.items()}
-    assert int(env["MALLOC_MMAP_THRESHOLD_"]) >= 128 * allocator.MIB

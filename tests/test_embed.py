@@ -160,24 +160,19 @@ def test_the_embed_modules_import_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_a_cpu_encoder_actor_gets_its_thread_count_in_omp_num_threads(
+def test_a_cpu_encoder_actor_reserves_a_cpu_and_a_gpu_actor_a_gpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ray would set OMP_NUM_THREADS to the actor's one CPU; a GPU actor is left alone."""
     import indexer.embed_ray as embed_ray
     from indexer.embed import EmbedOptions
-    from models import allocator
 
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    options, threads = embed_ray._actor_resources(EmbedOptions(actor_threads=3))
-    assert threads == 3 and options["num_cpus"] == 1
-    env = options["runtime_env"]["env_vars"]
-    assert env == {"OMP_NUM_THREADS": "3", **allocator.child_env()}
-    if sys.platform.startswith("linux") and allocator.child_env():
-        assert "MALLOC_MMAP_THRESHOLD_" in env
+    assert embed_ray._actor_resources(EmbedOptions(actor_threads=3)) == ({"num_cpus": 1}, 3)
+    assert embed_ray._actor_resources(EmbedOptions()) == ({"num_cpus": 1}, 1)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
     assert embed_ray._actor_resources(EmbedOptions()) == ({"num_gpus": 1}, None)
+    assert embed_ray._actor_resources(EmbedOptions(device="cpu")) == ({"num_cpus": 1}, 1)
 
 
 def test_a_pool_the_cluster_cannot_hold_is_refused_not_waited_for() -> None:
