@@ -4,8 +4,8 @@ The job's file list becomes a dataset of (pos, path) blocks; ``_decode_batch`` r
 tasks wherever the cluster has CPUs (reading, hashing, decoding and the PIL part of preprocessing
 with the indexer's own code, so bad files get the same reasons); ``ImageEncoderActor`` holds the
 model once per actor, turns the uint8 crops into the model's input (the tensor part of
-preprocessing) and encodes them: one GPU per actor when the cluster has GPUs, else
-``actor_threads`` CPU threads each. Results stream back to this process, which writes shards.
+preprocessing) and encodes them, on its main thread: one GPU per actor when the cluster has GPUs,
+else ``actor_threads`` CPU threads each. Results stream back to this process, which writes shards.
 
 Crops cross the object store (and a cluster's network) as uint8, a quarter of the bytes of the
 float input; decode tasks run at the local pipeline's lower priority, since on a node that also

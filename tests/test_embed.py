@@ -82,7 +82,7 @@ def test_the_encoder_actors_calls_run_on_its_main_thread() -> None:
 
     class Probe:  # defined here, so Ray ships it to the actor by value
         def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
-            self.threads = threads
+            """Takes what ``_run`` passes every encoder actor."""
 
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             main = threading.current_thread() is threading.main_thread()
