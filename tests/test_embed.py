@@ -78,7 +78,7 @@ def test_the_encoder_actors_calls_run_on_its_main_thread() -> None:
     import threading
 
     from indexer.embed import EmbedOptions
-    from indexer.embed_ray import _run
+    from indexer.embed_ray import _run, connected
 
     class Probe:  # defined here, so Ray ships it to the actor by value
         def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
@@ -88,12 +88,10 @@ def test_the_encoder_actors_calls_run_on_its_main_thread() -> None:
             main = threading.current_thread() is threading.main_thread()
             return {"pos": batch["pos"], "main": np.full(len(batch["pos"]), main)}
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with connected(None):  # a local instance as the engine starts one
         data = ray.data.from_items([{"pos": k} for k in range(6)])
         batches = list(_run(data, Probe, EmbedOptions(batch_size=2, actor_threads=1)))
-    finally:
-        ray.shutdown()
+    assert not ray.is_initialized()
     assert sorted(int(p) for b in batches for p in b["pos"]) == list(range(6))
     assert all(bool(m) for b in batches for m in b["main"])
 
