@@ -65,10 +65,12 @@ def _connect(address: str | None) -> bool:
     # Ray's own services, which starves a CPU encoder actor (decode tasks renice themselves). Nor
     # does it start idle workers ahead of need: beside the driver's model load they delayed the
     # encoder's first batch by ~5 s on this project's 2-core machine (docs/benchmarks.md, 11 (a)).
-    no_prestart = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
-    system = {"worker_niceness": 0, **no_prestart}
-    local = {"include_dashboard": False, "_system_config": system}
-    local = local if address is None else {}
+    system = {
+        "worker_niceness": 0,
+        "enable_worker_prestart": False,
+        "prestart_worker_first_driver": False,
+    }
+    local = {"include_dashboard": False, "_system_config": system} if address is None else {}
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as e:
