@@ -14,12 +14,13 @@ Both give the same vectors for the same files, and record bad files with the ind
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from indexer.results import IndexReport
 from indexer.scan import Found, scan
 from indexer.texts import sha256_text
 
-if TYPE_CHECKING:  # torch and the model code load in _load: with Ray, beside the cluster's start
+if TYPE_CHECKING:  # torch and the model code load in _load, which a Ray job's driver never calls
     from models.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -190,36 +191,126 @@ def _check(opts: EmbedOptions) -> None:
 
 
 def _load(opts: EmbedOptions) -> Encoder:
-    # With Ray the encoders run in actors; this process only needs the model's identity and
-    # preprocessing, so it loads it on the CPU.
+    # With Ray the encoders run in actors; the model that only describes itself loads on the CPU.
     from models.encoder import Encoder
 
     device = opts.device if opts.engine == "local" else "cpu"
     return Encoder.load(opts.model, opts.pretrained, device, opts.precision)
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a job needs of its model beside encoding: its identity, which the output directory's
+    manifest records and checks, and the width of its vectors."""
+
+    provenance: dict[str, Any]
+    preprocess: str
+    dim: int
+
+    @classmethod
+    def of(cls, encoder: Encoder) -> ModelFacts:
+        return cls(encoder.provenance.to_dict(), repr(encoder.preprocess), encoder.dim)
+
+
+class Engine(Protocol):
+    """Where a job's items are decoded and encoded: this process, or a Ray cluster."""
+
+    def facts(self) -> ModelFacts: ...
+
+    def image_results(
+        self, todo: Sequence[Found], decodable: list[int], max_pixels: int
+    ) -> Iterator[Result]: ...
+
+    def text_results(self, todo: Sequence[str]) -> Iterator[Result]: ...
+
+
+class LocalEngine:
+    """The model loaded in this process, fed by the indexer's decode pipeline."""
+
+    def __init__(self, opts: EmbedOptions) -> None:
+        self.opts = opts
+        self.encoder = _load(opts)
+
+    def facts(self) -> ModelFacts:
+        return ModelFacts.of(self.encoder)
+
+    def image_results(
+        self, todo: Sequence[Found], decodable: list[int], max_pixels: int
+    ) -> Iterator[Result]:
+        from indexer.pipeline import DecodeDataset, batches, default_workers
+
+        encoder, opts = self.encoder, self.opts
+        dataset = DecodeDataset(
+            [todo[p].path for p in decodable], encoder.preprocess, max_pixels, encoder.image_size
+        )
+        on_cpu = encoder.device.type == "cpu"
+        workers = opts.workers if opts.workers is not None else default_workers(on_cpu)
+        start = 0
+        for batch in batches(dataset, opts.batch_size, workers, worker_nice=WORKER_NICE * on_cpu):
+            vectors = encoder.encode_image_tensor(batch.tensor) if batch.tensor is not None else []
+            by_row = dict(zip(batch.rows, vectors, strict=True))
+            for k, item in enumerate(batch.items):
+                pos = decodable[start + k]
+                yield Result(
+                    pos, by_row.get(k), item.sha256, item.width, item.height, item.reason,
+                    item.detail,
+                )  # fmt: skip
+            start += len(batch.items)
+
+    def text_results(self, todo: Sequence[str]) -> Iterator[Result]:
+        step = max(1, self.opts.batch_size)
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            vectors = self.encoder.encode_texts(chunk, batch_size=step)
+            for k, (text, vec) in enumerate(zip(chunk, vectors, strict=True)):
+                yield Result(start + k, vec, sha256_text(text))
+
+
 @contextlib.contextmanager
-def _model_and_cluster(opts: EmbedOptions, needed: bool) -> Iterator[Encoder]:
-    """The model, with a Ray job that has work connected to its cluster for the ``with`` block
-    (joined, or a local one started while another thread loads the model). A local start takes
-    ~6 s here, mostly waiting on Ray's processes, and the load ~3 s (docs/benchmarks.md, 11 (a))."""
+def _engine(opts: EmbedOptions, needed: bool) -> Iterator[Engine]:
+    """The job's engine for the ``with`` block. A Ray job joins its cluster (or starts a local one,
+    stopped at the block's end) and loads no model here; a job with nothing to encode loads the
+    model here only to know it."""
     if opts.engine != "ray" or not needed:
-        yield _load(opts)
+        yield LocalEngine(opts)
         return
-    from concurrent.futures import ThreadPoolExecutor
+    from indexer.embed_ray import RayEngine, connected
 
-    from indexer.embed_ray import connected
-
-    with ThreadPoolExecutor(1, thread_name_prefix="clipsearch-load") as pool:
-        loading = pool.submit(_load, opts)
-        with connected(opts.address):
-            yield loading.result()
+    with connected(opts.address):
+        yield RayEngine(opts)
 
 
-def _open_out(out: Path, encoder: Encoder, modality: sh.Modality) -> None:
-    """Check that ``out`` holds no other model's shards; drop what a killed run left unfinished."""
-    sh.open_for_writing(out, encoder.provenance.to_dict(), repr(encoder.preprocess))
-    _remove_unfinished(out, modality)
+def _write_all(
+    root: Path,
+    modality: sh.Modality,
+    items: Sequence[Found] | Sequence[str],
+    engine: Engine,
+    results: Iterable[Result],
+    opts: EmbedOptions,
+    report: EmbedReport,
+    t0: float,
+    unread: Sequence[Result] = (),
+) -> EmbedReport:
+    """Check ``root`` against the model and write ``unread`` (items the scan could not read) and
+    the engine's ``results`` into its shards.
+
+    The check waits for the engine's first result: a Ray job's decode tasks and encoder actors
+    start with it, beside the task that describes the model (docs/benchmarks.md, issue 11 (a))."""
+    results = iter(results)
+    first = list(itertools.islice(results, 1))
+    facts = engine.facts()
+    sh.open_for_writing(root, facts.provenance, facts.preprocess)
+    _remove_unfinished(root, modality)  # vectors of shards a killed run left unfinished
+    shard = sh.next_shard(root, modality)
+    collector = Collector(
+        root, modality, items, facts.dim, shard, opts.shard_size, report, opts.progress
+    )
+    log.info(
+        "%d %s to embed in %d shards from #%d (%s engine), %d in finished shards",
+        len(items), modality.kind + "s", collector.shard_count(), shard, opts.engine,
+        report.unchanged,
+    )  # fmt: skip
+    return _drain(collector, itertools.chain(unread, first, results), t0)
 
 
 def embed_images(
@@ -234,31 +325,13 @@ def embed_images(
     done = sh.covered(root, sh.IMAGES)
     todo = [f for f in found.files if f.path not in done]
     decodable = [pos for pos, f in enumerate(todo) if f.reason is None]
-    with _model_and_cluster(opts, bool(decodable)) as encoder:
-        _open_out(root, encoder, sh.IMAGES)
-        report = EmbedReport(unchanged=len(found.files) - len(todo))
-        first = sh.next_shard(root, sh.IMAGES)
-        collector = Collector(
-            root, sh.IMAGES, todo, encoder.dim, first, opts.shard_size, report, opts.progress
-        )
-        log.info(
-            "%d files found: %d in finished shards, %d to embed in %d shards from #%d (%s engine)",
-            len(found.files), report.unchanged, len(todo), collector.shard_count(), first,
-            opts.engine,
-        )  # fmt: skip
-        max_pixels = resolve_max_pixels(opts.max_pixels)
-        for pos, f in enumerate(todo):
-            if f.reason is not None:  # the scan could not even stat it
-                collector.add(Result(pos, reason=f.reason, detail=f.detail))
-        if not decodable:
-            results: Iterable[Result] = ()
-        elif opts.engine == "ray":
-            from indexer.embed_ray import ray_image_results
-
-            results = ray_image_results(todo, decodable, encoder, opts, max_pixels)
-        else:
-            results = _local_image_results(todo, decodable, encoder, opts, max_pixels)
-        return _drain(collector, results, t0)
+    unread = [Result(p, reason=f.reason, detail=f.detail) for p, f in enumerate(todo) if f.reason]
+    report = EmbedReport(unchanged=len(found.files) - len(todo))
+    with _engine(opts, bool(decodable)) as engine:
+        results: Iterable[Result] = ()
+        if decodable:
+            results = engine.image_results(todo, decodable, resolve_max_pixels(opts.max_pixels))
+        return _write_all(root, sh.IMAGES, todo, engine, results, opts, report, t0, unread)
 
 
 def _drain(collector: Collector, results: Iterable[Result], t0: float) -> EmbedReport:
@@ -274,32 +347,6 @@ def _drain(collector: Collector, results: Iterable[Result], t0: float) -> EmbedR
     return collector.report
 
 
-def _local_image_results(
-    todo: Sequence[Found],
-    decodable: list[int],
-    encoder: Encoder,
-    opts: EmbedOptions,
-    max_pixels: int,
-) -> Iterator[Result]:
-    from indexer.pipeline import DecodeDataset, batches, default_workers
-
-    dataset = DecodeDataset(
-        [todo[p].path for p in decodable], encoder.preprocess, max_pixels, encoder.image_size
-    )
-    on_cpu = encoder.device.type == "cpu"
-    workers = opts.workers if opts.workers is not None else default_workers(on_cpu)
-    start = 0
-    for batch in batches(dataset, opts.batch_size, workers, worker_nice=WORKER_NICE * on_cpu):
-        vectors = encoder.encode_image_tensor(batch.tensor) if batch.tensor is not None else []
-        by_row = dict(zip(batch.rows, vectors, strict=True))
-        for k, item in enumerate(batch.items):
-            pos = decodable[start + k]
-            yield Result(
-                pos, by_row.get(k), item.sha256, item.width, item.height, item.reason, item.detail
-            )
-        start += len(batch.items)
-
-
 def embed_texts(
     texts: Sequence[str], out: str | Path, opts: EmbedOptions | None = None
 ) -> EmbedReport:
@@ -312,30 +359,7 @@ def embed_texts(
     clean = list(dict.fromkeys(" ".join(str(t).split()) for t in texts))
     clean = [t for t in clean if t]
     todo = [t for t in clean if t not in done]
-    with _model_and_cluster(opts, bool(todo)) as encoder:
-        _open_out(root, encoder, sh.TEXTS)
-        report = EmbedReport(unchanged=len(clean) - len(todo))
-        first = sh.next_shard(root, sh.TEXTS)
-        collector = Collector(
-            root, sh.TEXTS, todo, encoder.dim, first, opts.shard_size, report, opts.progress
-        )
-        if not todo:
-            results: Iterable[Result] = ()
-        elif opts.engine == "ray":
-            from indexer.embed_ray import ray_text_results
-
-            results = ray_text_results(todo, opts)
-        else:
-            results = _local_text_results(todo, encoder, opts)
-        return _drain(collector, results, t0)
-
-
-def _local_text_results(
-    todo: Sequence[str], encoder: Encoder, opts: EmbedOptions
-) -> Iterator[Result]:
-    step = max(1, opts.batch_size)
-    for start in range(0, len(todo), step):
-        chunk = todo[start : start + step]
-        vectors = encoder.encode_texts(chunk, batch_size=step)
-        for k, (text, vec) in enumerate(zip(chunk, vectors, strict=True)):
-            yield Result(start + k, vec, sha256_text(text))
+    report = EmbedReport(unchanged=len(clean) - len(todo))
+    with _engine(opts, bool(todo)) as engine:
+        results = engine.text_results(todo) if todo else ()
+        return _write_all(root, sh.TEXTS, todo, engine, results, opts, report, t0)

@@ -13,6 +13,10 @@ encodes on its CPUs a decode process that preempts one of the encoder's OpenMP t
 whole team. (On this project's 2-core machine neither moved Ray's wall time measurably against the
 local pipeline: docs/benchmarks.md, issue 11 (a).)
 
+The driver loads no model: :func:`describe`, a task submitted as the job starts, loads it once on
+the cluster and says what the job needs of it (provenance, vector width, the decode tasks'
+preprocessing), beside the actors' own loads; the first decode tasks wait for it.
+
 Decode tasks start light: this module imports no torch, open_clip or model code at the top, and
 open_clip's eval transform travels as :class:`ResizeCrop`, its PIL-only twin. Ray starts (and,
 once idle, stops) decode worker processes throughout a job; each import of torch and open_clip
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,9 +44,8 @@ from indexer.errors import IndexError_
 from indexer.texts import sha256_text
 
 if TYPE_CHECKING:  # decode tasks import this module: no torch, open_clip or model code here
-    from indexer.embed import EmbedOptions, Result
+    from indexer.embed import EmbedOptions, ModelFacts, Result
     from indexer.scan import Found
-    from models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 BLOCK_BATCHES = 4  # encoder batches per input block: enough blocks for every decode task
@@ -198,14 +202,16 @@ def _yield_to_encoder() -> None:
 
 
 def _decode_batch(
-    batch: dict[str, np.ndarray],
-    preprocess: Callable[[Any], Any],
-    max_pixels: int,
-    image_size: int,
+    batch: dict[str, np.ndarray], described: Any, max_pixels: int
 ) -> dict[str, np.ndarray]:
-    """Read, hash, decode and ``preprocess`` a batch of paths (a Ray Data task). ``pixels`` holds
-    uint8 crops (H, W, 3) when ``preprocess`` is the PIL part of preprocessing, else float
+    """Read, hash, decode and preprocess a batch of paths (a Ray Data task) as the
+    :class:`Description` behind the ``described`` ObjectRef says (the first tasks wait for it).
+    ``pixels`` holds uint8 crops (H, W, 3) when that is the PIL part of preprocessing, else float
     tensors."""
+    import ray
+
+    model: Description = ray.get(described)
+    preprocess, image_size = model.decode, model.image_size
     _yield_to_encoder()
     paths = [str(p) for p in batch["path"]]
     samples = [decode_file(k, p, preprocess, max_pixels, image_size) for k, p in enumerate(paths)]
@@ -276,14 +282,15 @@ class TextEncoderActor(_EncoderActor):
 
 
 def _blocks(columns: dict[str, list], rows_per_block: int) -> Any:
-    import pyarrow as pa
+    """The job's items as a dataset of about ``rows_per_block`` rows a block, made in this process
+    (``from_arrow`` runs a task per block for its metadata: a worker process started on the job's
+    critical path, 2.4 s on this project's 2-core machine)."""
     import ray
 
-    table = pa.table(columns)
-    tables = [
-        table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)
+    rows = [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
     ]
-    return ray.data.from_arrow(tables)
+    return ray.data.from_items(rows, override_num_blocks=-(-len(rows) // rows_per_block))
 
 
 def _check_room(
@@ -329,53 +336,111 @@ def _run(
     yield from encoded.iter_batches(batch_size=None, batch_format="numpy")
 
 
-def ray_image_results(
-    todo: Sequence[Found],
-    decodable: list[int],
-    encoder: Encoder,
-    opts: EmbedOptions,
-    max_pixels: int,
-) -> Iterator[Result]:
-    """Results for ``todo[p]``, ``p`` in ``decodable``, computed on the connected Ray cluster."""
-    from indexer.embed import Result
+@dataclass(frozen=True)
+class Description:
+    """A job's model as its driver and decode tasks need it, from the one task that loads it."""
 
-    data = _blocks(
-        {"pos": decodable, "path": [todo[p].path for p in decodable]},
-        opts.batch_size * BLOCK_BATCHES,
-    )
+    facts: ModelFacts
+    decode: Callable[[Any], Any]  # what decode tasks apply: the PIL part, or all preprocessing
+    image_size: int
+    warnings: tuple[str, ...] = ()
+
+
+def describe(opts: EmbedOptions) -> Description:
+    """Load the job's model, as the driver would, and say what the job needs of it (a Ray task).
+
+    The driver then imports no torch: its cluster starts alone, and the encoder actors load their
+    model beside this task, not after the driver's own load (their first batch ~4 s sooner on this
+    project's 2-core machine; docs/benchmarks.md, issue 11 (a))."""
+    from indexer.embed import ModelFacts, _load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        encoder = _load(opts)
     split = split_preprocess(encoder.preprocess)  # the actor runs the tensor part
     decode = pil_only(split[0]) if split else encoder.preprocess
-    decoded = data.map_batches(
-        _decode_batch,
-        fn_args=(decode, max_pixels, encoder.image_size),
-        batch_size=opts.batch_size,
-        batch_format="numpy",
-        num_cpus=DECODE_CPUS,
-    )
-    for batch in _run(decoded, ImageEncoderActor, opts, DECODE_CPUS):
-        for k, pos in enumerate(batch["pos"]):
-            if batch["ok"][k]:
-                yield Result(
-                    int(pos),
-                    batch["embedding"][k],
-                    str(batch["sha256"][k]),
-                    int(batch["width"][k]),
-                    int(batch["height"][k]),
-                )
-            else:
-                yield Result(
-                    int(pos), reason=str(batch["reason"][k]), detail=str(batch["detail"][k])
-                )
+    said = tuple(str(w.message) for w in caught if issubclass(w.category, UserWarning))
+    return Description(ModelFacts.of(encoder), decode, encoder.image_size, said)
 
 
-def ray_text_results(todo: Sequence[str], opts: EmbedOptions) -> Iterator[Result]:
-    """Results for each text of ``todo``, encoded by the connected Ray cluster's actor pool."""
-    from indexer.embed import Result
+class RayEngine:
+    """A job on the connected Ray cluster. The model is described by a task submitted at once; it
+    reserves no CPU, as the driver's own load did not, and runs before any decode task can."""
 
-    data = _blocks(
-        {"pos": list(range(len(todo))), "text": list(todo)},
-        opts.batch_size * BLOCK_BATCHES,
-    )
-    for batch in _run(data, TextEncoderActor, opts):
-        for k, pos in enumerate(batch["pos"]):
-            yield Result(int(pos), batch["embedding"][k], sha256_text(todo[int(pos)]))
+    def __init__(self, opts: EmbedOptions) -> None:
+        import ray
+
+        self.opts = opts
+        self.described = ray.remote(num_cpus=0)(describe).remote(opts)
+        self._facts: ModelFacts | None = None
+
+    def facts(self) -> ModelFacts:
+        """The model's facts (waiting for the task); its load's error, or its warnings, as the
+        driver's own load would have raised or shown them."""
+        if self._facts is None:
+            import ray
+
+            try:
+                model: Description = ray.get(self.described)
+            except ray.exceptions.RayTaskError as e:
+                raise e.cause from None
+            for message in model.warnings:
+                warnings.warn(message, stacklevel=2)
+            self._facts = model.facts
+        return self._facts
+
+    def _results(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        """``batches``, or the model's own error if its load is what stopped the job (the actors
+        fail to load it too, with Ray's wrapping)."""
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
+        except Exception:
+            self.facts()
+            raise
+        yield from batches
+
+    def image_results(
+        self, todo: Sequence[Found], decodable: list[int], max_pixels: int
+    ) -> Iterator[Result]:
+        """Results for ``todo[p]``, ``p`` in ``decodable``."""
+        from indexer.embed import Result
+
+        data = _blocks(
+            {"pos": decodable, "path": [todo[p].path for p in decodable]},
+            self.opts.batch_size * BLOCK_BATCHES,
+        )
+        decoded = data.map_batches(
+            _decode_batch,
+            fn_args=(self.described, max_pixels),
+            batch_size=self.opts.batch_size,
+            batch_format="numpy",
+            num_cpus=DECODE_CPUS,
+        )
+        for batch in self._results(_run(decoded, ImageEncoderActor, self.opts, DECODE_CPUS)):
+            for k, pos in enumerate(batch["pos"]):
+                if batch["ok"][k]:
+                    yield Result(
+                        int(pos),
+                        batch["embedding"][k],
+                        str(batch["sha256"][k]),
+                        int(batch["width"][k]),
+                        int(batch["height"][k]),
+                    )
+                else:
+                    yield Result(
+                        int(pos), reason=str(batch["reason"][k]), detail=str(batch["detail"][k])
+                    )
+
+    def text_results(self, todo: Sequence[str]) -> Iterator[Result]:
+        """Results for each text of ``todo``."""
+        from indexer.embed import Result
+
+        data = _blocks(
+            {"pos": list(range(len(todo))), "text": list(todo)},
+            self.opts.batch_size * BLOCK_BATCHES,
+        )
+        for batch in self._results(_run(data, TextEncoderActor, self.opts)):
+            for k, pos in enumerate(batch["pos"]):
+                yield Result(int(pos), batch["embedding"][k], sha256_text(todo[int(pos)]))

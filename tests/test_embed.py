@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 import app.cli
 from indexer import Index
 from indexer import shards as sh
+from models.errors import ModelError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 TINY = ["--model", "clipsearch-tiny", "--pretrained", "none"]
@@ -51,15 +53,25 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_ray_engine_matches_the_local_one(folder: Path) -> None:
+def test_ray_engine_matches_the_local_one(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same shards from both engines; a Ray job's driver loads no model (a task describes it),
+    and a model that cannot load stops the job with the model's own error."""
+    import indexer.embed as embed
+
     ray = pytest.importorskip("ray")
     common = [*TINY, "--batch-size", "4", "--shard-size", "5", "-q"]
     _cli("embed", folder / "data", "--out", folder / "local", "--workers", "0", *common)
+    monkeypatch.setattr(embed, "_load", lambda opts: pytest.fail("the driver loaded the model"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = _cli("embed", folder / "data", "--out", folder / "ray", "--engine", "ray", *common)
+        bad = ["--model", "clipsearch-tiny", "--pretrained", str(folder / "missing.safetensors")]
+        args = ["embed", folder / "data", "--out", folder / "bad", "--engine", "ray", *bad, "-q"]
+        failed = CliRunner().invoke(app.cli.app, [str(a) for a in args])
     finally:
         ray.shutdown()
+    assert isinstance(failed.exception, ModelError), failed.output
+    assert "weights file not found" in str(failed.exception)
     assert "wrote 3 shards" in out and "skipped 2 (corrupt 1, empty 1)" in out
     local_paths, local_vectors, local_skipped = _read(folder / "local")
     ray_paths, ray_vectors, ray_skipped = _read(folder / "ray")
@@ -206,43 +218,40 @@ def test_an_engine_error_is_raised_as_it_is_not_as_missing_results(tmp_path: Pat
         _drain(collector, results(), 0.0)
 
 
-def test_a_ray_job_starts_its_cluster_while_the_model_loads(
+def test_a_ray_job_checks_its_output_once_the_engine_has_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Connecting and loading overlap; the cluster a job started stops with it; a job with
-    nothing left to embed starts none."""
-    import threading
-
+    """The driver asks for the model's facts after the engine's first result (a Ray job's actors
+    start loading with it, beside the task that describes the model); the cluster a job started
+    stops with it; a job with nothing left to embed starts none."""
     import indexer.embed as embed
     import indexer.embed_ray as embed_ray
 
     ray = pytest.importorskip("ray")
-    loading, connected, calls = threading.Event(), threading.Event(), []
-    load = embed._load
+    events: list[str | None] = []
 
-    def slow_load(opts: embed.EmbedOptions) -> object:
-        loading.set()
-        assert connected.wait(30), "the cluster was not connecting while the model loaded"
-        return load(opts)
+    class Engine(embed.LocalEngine):  # the model in this process, in the Ray engine's place
+        def facts(self) -> embed.ModelFacts:
+            events.append("facts")
+            return super().facts()
+
+        def text_results(self, todo: Sequence[str]) -> Iterator[embed.Result]:
+            events.append("started")
+            yield from super().text_results(todo)
 
     def connect(address: str | None) -> bool:
-        calls.append(address)
-        assert loading.wait(30), "the model was not loading while the cluster connected"
-        connected.set()
+        events.append(address)
         return True
 
-    def encode(todo: list[str], opts: embed.EmbedOptions) -> object:
-        return (embed.Result(k, np.ones(DIM, np.float32), "x") for k in range(len(todo)))
-
-    monkeypatch.setattr(embed, "_load", slow_load)
+    monkeypatch.setattr(embed_ray, "RayEngine", Engine)
     monkeypatch.setattr(embed_ray, "_connect", connect)
-    monkeypatch.setattr(embed_ray, "ray_text_results", encode)
-    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(ray, "shutdown", lambda: events.append("shutdown"))
     opts = embed.EmbedOptions(model="clipsearch-tiny", pretrained="none", engine="ray")
     report = embed.embed_texts(["a dog", "a cat"], tmp_path, opts)
-    assert report.embedded == 2 and calls == [None, "shutdown"]
+    assert report.embedded == 2 and events == [None, "started", "facts", "shutdown"]
+    assert sh.read_manifest(tmp_path)["model"]["model"] == "clipsearch-tiny"
     embed.embed_texts(["a dog"], tmp_path, opts)  # already embedded: no cluster
-    assert calls == [None, "shutdown"]
+    assert events == [None, "started", "facts", "shutdown"]
 
 
 def test_embed_resumes_and_skips_finished_shards(folder: Path, tmp_path: Path) -> None:
