@@ -396,6 +396,8 @@ class RayEngine:
             yield next(batches)
         except StopIteration:
             return
+        except IndexError_:
+            raise  # the job's own checks, made before Ray runs anything (a pool that cannot fit)
         except Exception:
             self.facts()
             raise
