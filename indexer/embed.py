@@ -200,16 +200,23 @@ def _load(opts: EmbedOptions) -> Encoder:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What a job needs of its model beside encoding: its identity, which the output directory's
-    manifest records and checks, and the width of its vectors."""
+    """What a job needs of its model beside encoding: its identity (``Provenance.to_dict()`` and
+    the preprocessing), which the output directory's manifest records and checks."""
 
     provenance: dict[str, Any]
     preprocess: str
-    dim: int
 
     @classmethod
     def of(cls, encoder: Encoder) -> ModelFacts:
-        return cls(encoder.provenance.to_dict(), repr(encoder.preprocess), encoder.dim)
+        return cls(encoder.provenance.to_dict(), repr(encoder.preprocess))
+
+    @property
+    def dim(self) -> int:
+        return int(self.provenance["dim"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.provenance["image_size"])
 
 
 class Engine(Protocol):

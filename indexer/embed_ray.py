@@ -29,6 +29,7 @@ be on storage every node mounts at the same path (docs/scaling.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import warnings
@@ -201,6 +202,15 @@ def _yield_to_encoder() -> None:
             os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)
 
 
+@functools.lru_cache(maxsize=1)
+def _description(described: Any) -> Description:
+    """The :class:`Description` behind an ObjectRef, fetched once per worker process and job
+    (a decode worker runs many batches)."""
+    import ray
+
+    return ray.get(described)
+
+
 def _decode_batch(
     batch: dict[str, np.ndarray], described: Any, max_pixels: int
 ) -> dict[str, np.ndarray]:
@@ -208,10 +218,8 @@ def _decode_batch(
     :class:`Description` behind the ``described`` ObjectRef says (the first tasks wait for it).
     ``pixels`` holds uint8 crops (H, W, 3) when that is the PIL part of preprocessing, else float
     tensors."""
-    import ray
-
-    model: Description = ray.get(described)
-    preprocess, image_size = model.decode, model.image_size
+    model = _description(described)
+    preprocess, image_size = model.decode, model.facts.image_size
     _yield_to_encoder()
     paths = [str(p) for p in batch["path"]]
     samples = [decode_file(k, p, preprocess, max_pixels, image_size) for k, p in enumerate(paths)]
@@ -281,15 +289,12 @@ class TextEncoderActor(_EncoderActor):
         return {"pos": batch["pos"], "embedding": vectors}
 
 
-def _blocks(columns: dict[str, list], rows_per_block: int) -> Any:
+def _blocks(rows: list[dict[str, Any]], rows_per_block: int) -> Any:
     """The job's items as a dataset of about ``rows_per_block`` rows a block, made in this process
     (``from_arrow`` runs a task per block for its metadata: a worker process started on the job's
     critical path, 2.4 s on this project's 2-core machine)."""
     import ray
 
-    rows = [
-        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
-    ]
     return ray.data.from_items(rows, override_num_blocks=-(-len(rows) // rows_per_block))
 
 
@@ -342,7 +347,6 @@ class Description:
 
     facts: ModelFacts
     decode: Callable[[Any], Any]  # what decode tasks apply: the PIL part, or all preprocessing
-    image_size: int
     warnings: tuple[str, ...] = ()
 
 
@@ -360,7 +364,7 @@ def describe(opts: EmbedOptions) -> Description:
     split = split_preprocess(encoder.preprocess)  # the actor runs the tensor part
     decode = pil_only(split[0]) if split else encoder.preprocess
     said = tuple(str(w.message) for w in caught if issubclass(w.category, UserWarning))
-    return Description(ModelFacts.of(encoder), decode, encoder.image_size, said)
+    return Description(ModelFacts.of(encoder), decode, said)
 
 
 class RayEngine:
@@ -410,7 +414,7 @@ class RayEngine:
         from indexer.embed import Result
 
         data = _blocks(
-            {"pos": decodable, "path": [todo[p].path for p in decodable]},
+            [{"pos": p, "path": todo[p].path} for p in decodable],
             self.opts.batch_size * BLOCK_BATCHES,
         )
         decoded = data.map_batches(
@@ -440,7 +444,7 @@ class RayEngine:
         from indexer.embed import Result
 
         data = _blocks(
-            {"pos": list(range(len(todo))), "text": list(todo)},
+            [{"pos": k, "text": text} for k, text in enumerate(todo)],
             self.opts.batch_size * BLOCK_BATCHES,
         )
         for batch in self._results(_run(data, TextEncoderActor, self.opts)):
