@@ -13,9 +13,14 @@ encodes on its CPUs a decode process that preempts one of the encoder's OpenMP t
 whole team. (On this project's 2-core machine neither moved Ray's wall time measurably against the
 local pipeline: docs/benchmarks.md, issue 11 (a).)
 
-The driver loads no model: :func:`describe`, a task submitted as the job starts, loads it once on
-the cluster and says what the job needs of it (provenance, vector width, the decode tasks'
-preprocessing), beside the actors' own loads; the first decode tasks wait for it.
+The driver loads no model, and nothing loads it twice. The encoder actors say what the job needs
+of it (provenance, preprocessing: the output directory's manifest checks them) with their first
+results. Decode tasks start at once when the model directory records its preprocessing
+(``preprocess_cfg`` in ``open_clip_config.json``, as the project's models and open_clip's hub
+models do): :func:`planned_decode` reads it without torch, so crops are ready, made on the cores
+the actors' start leaves idle, by the time the encoder is; the actors check the plan against
+their model's own transform. For other models :func:`describe`, a task, loads the model to
+say how to decode, and the first decode tasks wait for it.
 
 Decode tasks start light: this module imports no torch, open_clip or model code at the top, and
 open_clip's eval transform travels as :class:`ResizeCrop`, its PIL-only twin. Ray starts (and,
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import warnings
@@ -43,10 +49,12 @@ from PIL import Image
 from indexer.decode import WORKER_NICE, decode_file
 from indexer.errors import IndexError_
 from indexer.texts import sha256_text
+from models.errors import ModelError
 
 if TYPE_CHECKING:  # decode tasks import this module: no torch, open_clip or model code here
     from indexer.embed import EmbedOptions, ModelFacts, Result
     from indexer.scan import Found
+    from models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 BLOCK_BATCHES = 4  # encoder batches per input block: enough blocks for every decode task
@@ -195,6 +203,48 @@ def pil_only(pil_part: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return ResizeCrop(short, resample, (int(crop.size[0]), int(crop.size[1])), mode)
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """What decode tasks do to an image: ``transform`` (the PIL part of the model's preprocessing,
+    or all of it) after decoding at no less than ``draft_size`` (the model's input size)."""
+
+    transform: Callable[[Any], Any]
+    draft_size: int
+
+
+def decode_plan(encoder: Encoder) -> DecodePlan:
+    """The plan a loaded model's own preprocessing gives (the actor runs the tensor part)."""
+    split = split_preprocess(encoder.preprocess)
+    transform = pil_only(split[0]) if split else encoder.preprocess
+    return DecodePlan(transform, encoder.image_size)
+
+
+def planned_decode(opts: EmbedOptions) -> DecodePlan | None:
+    """The plan read from the model directory's ``preprocess_cfg`` the way open_clip builds its
+    eval transform from it (resize the short side, centre crop, RGB), without importing torch;
+    None when the model has no directory or another resize (a task then loads the model)."""
+    from models.registry import CONFIG_FILE, model_dir
+
+    directory = model_dir(opts.model, opts.pretrained)
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text()) if directory else {}
+    except (OSError, ValueError):
+        return None  # the model's load says what is wrong with it
+    cfg = config.get("preprocess_cfg") if isinstance(config, dict) else None
+    if not isinstance(cfg, dict) or (cfg.get("resize_mode") or "shortest") != "shortest":
+        return None
+    size = cfg.get("size")
+    side = size if isinstance(size, int) else None
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
+        side = size[0]
+    if not isinstance(side, int) or side < 1:
+        return None
+    # open_clip: bilinear when asked, bicubic otherwise; MaybeConvertMode() converts to RGB.
+    bilinear = cfg.get("interpolation") == "bilinear"
+    resample = Image.Resampling.BILINEAR if bilinear else Image.Resampling.BICUBIC
+    return DecodePlan(ResizeCrop(side, int(resample), (side, side), "RGB"), side)
+
+
 def _yield_to_encoder() -> None:
     """Lower this worker process's priority to the local pipeline's decode workers' (once)."""
     with contextlib.suppress(OSError):
@@ -212,17 +262,19 @@ def _description(described: Any) -> Description:
 
 
 def _decode_batch(
-    batch: dict[str, np.ndarray], described: Any, max_pixels: int
+    batch: dict[str, np.ndarray], plan: DecodePlan | Any, max_pixels: int
 ) -> dict[str, np.ndarray]:
-    """Read, hash, decode and preprocess a batch of paths (a Ray Data task) as the
-    :class:`Description` behind the ``described`` ObjectRef says (the first tasks wait for it).
+    """Read, hash, decode and preprocess a batch of paths (a Ray Data task) as ``plan`` says, or
+    the :class:`Description` behind it when it is an ObjectRef (the first tasks wait for it).
     ``pixels`` holds uint8 crops (H, W, 3) when that is the PIL part of preprocessing, else float
     tensors."""
-    model = _description(described)
-    preprocess, image_size = model.decode, model.facts.image_size
+    if not isinstance(plan, DecodePlan):
+        plan = _description(plan).plan
     _yield_to_encoder()
     paths = [str(p) for p in batch["path"]]
-    samples = [decode_file(k, p, preprocess, max_pixels, image_size) for k, p in enumerate(paths)]
+    samples = [
+        decode_file(k, p, plan.transform, max_pixels, plan.draft_size) for k, p in enumerate(paths)
+    ]
     arrays = [None if x is None else np.asarray(x) for _, x in samples]
     first = next((a for a in arrays if a is not None), None)
     if first is None:
@@ -245,23 +297,63 @@ def _decode_batch(
     }
 
 
-class _EncoderActor:
-    """One model per actor, on its GPU when Ray gave it one."""
+def _recording_warnings(load: Callable[[], Encoder]) -> tuple[Encoder, tuple[str, ...]]:
+    """``load()`` and the UserWarnings it gave, for the driver to show (``--pretrained none``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        encoder = load()
+    return encoder, tuple(str(w.message) for w in caught if issubclass(w.category, UserWarning))
 
-    def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
+
+def plan_mismatch(plan: DecodePlan | None, own: DecodePlan, opts: EmbedOptions) -> str:
+    """Why crops made by ``plan`` are not what the model's own preprocessing (``own``) makes, or
+    an empty string."""
+    if plan is None or plan == own:
+        return ""
+    from models.registry import CONFIG_FILE, model_dir
+
+    return (
+        f"{model_dir(opts.model, opts.pretrained)}/{CONFIG_FILE}: its preprocess_cfg says to "
+        f"decode as {plan}, but the model preprocesses as {own}; correct preprocess_cfg there "
+        "(or export the model again)"
+    )
+
+
+class _EncoderActor:
+    """One model per actor, on its GPU when Ray gave it one. ``told`` is what the driver needs
+    of the model (its facts, its load's warnings, whether ``plan`` cropped as it would), JSON
+    that the first row of each output batch carries."""
+
+    def __init__(self, opts: EmbedOptions, threads: int | None, plan: DecodePlan | None) -> None:
         import torch
 
+        from indexer.embed import ModelFacts
         from models.encoder import Encoder
 
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu"
-        self.encoder = Encoder.load(opts.model, opts.pretrained, device, opts.precision)
+        self.encoder, said = _recording_warnings(
+            lambda: Encoder.load(opts.model, opts.pretrained, device, opts.precision)
+        )
+        facts = ModelFacts.of(self.encoder)
+        self.mismatch = plan_mismatch(plan, decode_plan(self.encoder), opts)
+        self.told = json.dumps(
+            {
+                "provenance": facts.provenance,
+                "preprocess": facts.preprocess,
+                "warnings": said,
+                "mismatch": self.mismatch,
+            }
+        )
+
+    def tell(self, rows: int) -> np.ndarray:
+        return np.array([self.told] + [""] * (rows - 1), dtype=object)
 
 
 class ImageEncoderActor(_EncoderActor):
-    def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
-        super().__init__(opts, threads)
+    def __init__(self, opts: EmbedOptions, threads: int | None, plan: DecodePlan | None) -> None:
+        super().__init__(opts, threads, plan)
         split = split_preprocess(self.encoder.preprocess)
         self.to_tensor = split[1] if split else None
 
@@ -270,7 +362,7 @@ class ImageEncoderActor(_EncoderActor):
 
         ok = np.asarray(batch["ok"], dtype=bool)
         vectors = np.zeros((len(ok), self.encoder.dim), np.float32)
-        if ok.any():
+        if ok.any() and not self.mismatch:  # wrong crops are not encoded: the driver stops
             pixels = batch["pixels"][ok]
             if pixels.dtype == np.uint8:  # crops: the tensor part of preprocessing runs here
                 tensor = torch.stack([self.to_tensor(crop) for crop in pixels])
@@ -279,6 +371,7 @@ class ImageEncoderActor(_EncoderActor):
             vectors[ok] = self.encoder.encode_image_tensor(tensor)
         out = {k: v for k, v in batch.items() if k != "pixels"}
         out["embedding"] = vectors
+        out["model"] = self.tell(len(ok))
         return out
 
 
@@ -286,7 +379,7 @@ class TextEncoderActor(_EncoderActor):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(t) for t in batch["text"]]
         vectors = self.encoder.encode_texts(texts, batch_size=max(1, len(texts)))
-        return {"pos": batch["pos"], "embedding": vectors}
+        return {"pos": batch["pos"], "embedding": vectors, "model": self.tell(len(texts))}
 
 
 def _blocks(rows: list[dict[str, Any]], rows_per_block: int) -> Any:
@@ -321,7 +414,11 @@ def _check_room(
 
 
 def _run(
-    dataset: Any, actor: type, opts: EmbedOptions, decode_cpus: float = 0.0
+    dataset: Any,
+    actor: type,
+    opts: EmbedOptions,
+    plan: DecodePlan | None = None,
+    decode_cpus: float = 0.0,
 ) -> Iterator[dict[str, np.ndarray]]:
     resources, threads = _actor_resources(opts, decode_cpus)
     import ray
@@ -332,7 +429,7 @@ def _run(
     strategy = ray.data.ActorPoolStrategy(size=opts.pool_size, enable_true_multi_threading=True)
     encoded = dataset.map_batches(
         actor,
-        fn_constructor_args=(opts, threads),
+        fn_constructor_args=(opts, threads, plan),
         batch_size=opts.batch_size,
         batch_format="numpy",
         compute=strategy,
@@ -343,49 +440,48 @@ def _run(
 
 @dataclass(frozen=True)
 class Description:
-    """A job's model as its driver and decode tasks need it, from the one task that loads it."""
+    """A job's model as its driver and decode tasks need it, from a task that loads it."""
 
     facts: ModelFacts
-    decode: Callable[[Any], Any]  # what decode tasks apply: the PIL part, or all preprocessing
+    plan: DecodePlan
     warnings: tuple[str, ...] = ()
 
 
 def describe(opts: EmbedOptions) -> Description:
-    """Load the job's model, as the driver would, and say what the job needs of it (a Ray task).
-
-    The driver then imports no torch: its cluster starts alone, and the encoder actors load their
-    model beside this task, not after the driver's own load (their first batch ~4 s sooner on this
-    project's 2-core machine; docs/benchmarks.md, issue 11 (a))."""
+    """Load the job's model, as the driver would, and say what the job needs of it (a Ray task):
+    how to decode, when the model directory does not say (:func:`planned_decode`), and its own
+    error when the actors could not load it."""
     from indexer.embed import ModelFacts, _load
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        encoder = _load(opts)
-    split = split_preprocess(encoder.preprocess)  # the actor runs the tensor part
-    decode = pil_only(split[0]) if split else encoder.preprocess
-    said = tuple(str(w.message) for w in caught if issubclass(w.category, UserWarning))
-    return Description(ModelFacts.of(encoder), decode, said)
+    encoder, said = _recording_warnings(lambda: _load(opts))
+    return Description(ModelFacts.of(encoder), decode_plan(encoder), said)
 
 
 class RayEngine:
-    """A job on the connected Ray cluster. The model is described by a task submitted at once; it
-    reserves no CPU, as the driver's own load did not, and runs before any decode task can."""
+    """A job on the connected Ray cluster. The model's facts come with the actors' first results;
+    a task that describes it (reserving no CPU, and running before any decode task can) is
+    started only when decoding needs it or a failed job needs its error."""
 
     def __init__(self, opts: EmbedOptions) -> None:
-        import ray
-
         self.opts = opts
-        self.described = ray.remote(num_cpus=0)(describe).remote(opts)
+        self._describing: Any = None  # the ObjectRef of :func:`describe`'s Description
         self._facts: ModelFacts | None = None
 
+    def _described(self) -> Any:
+        if self._describing is None:
+            import ray
+
+            self._describing = ray.remote(num_cpus=0)(describe).remote(self.opts)
+        return self._describing
+
     def facts(self) -> ModelFacts:
-        """The model's facts (waiting for the task); its load's error, or its warnings, as the
-        driver's own load would have raised or shown them."""
+        """The model's facts as the actors told them, or from the describing task (waiting for
+        it) if no result came: then its load's error, as the driver's own load would raise it."""
         if self._facts is None:
             import ray
 
             try:
-                model: Description = ray.get(self.described)
+                model: Description = ray.get(self._described())
             except ray.exceptions.RayTaskError as e:
                 raise e.cause from None
             for message in model.warnings:
@@ -393,11 +489,25 @@ class RayEngine:
             self._facts = model.facts
         return self._facts
 
+    def _told(self, batch: dict[str, np.ndarray]) -> None:
+        """Take the model's facts from the first batch's first row (:class:`_EncoderActor`),
+        show its load's warnings, and refuse crops the model would not have made."""
+        if self._facts is not None:
+            return
+        from indexer.embed import ModelFacts
+
+        said = json.loads(str(batch["model"][0]))
+        if said["mismatch"]:
+            raise ModelError(said["mismatch"])
+        for message in said["warnings"]:
+            warnings.warn(message, stacklevel=3)
+        self._facts = ModelFacts(said["provenance"], said["preprocess"])
+
     def _results(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-        """``batches``, or the model's own error if its load is what stopped the job (the actors
-        fail to load it too, with Ray's wrapping)."""
+        """``batches`` once the first has told the model's facts, or the model's own error if its
+        load is what stopped the job (the actors fail to load it too, with Ray's wrapping)."""
         try:
-            yield next(batches)
+            first = next(batches)
         except StopIteration:
             return
         except IndexError_:
@@ -405,6 +515,8 @@ class RayEngine:
         except Exception:
             self.facts()
             raise
+        self._told(first)
+        yield first
         yield from batches
 
     def image_results(
@@ -413,18 +525,20 @@ class RayEngine:
         """Results for ``todo[p]``, ``p`` in ``decodable``."""
         from indexer.embed import Result
 
+        plan = planned_decode(self.opts)
         data = _blocks(
             [{"pos": p, "path": todo[p].path} for p in decodable],
             self.opts.batch_size * BLOCK_BATCHES,
         )
         decoded = data.map_batches(
             _decode_batch,
-            fn_args=(self.described, max_pixels),
+            fn_args=(plan or self._described(), max_pixels),
             batch_size=self.opts.batch_size,
             batch_format="numpy",
             num_cpus=DECODE_CPUS,
         )
-        for batch in self._results(_run(decoded, ImageEncoderActor, self.opts, DECODE_CPUS)):
+        encoded = _run(decoded, ImageEncoderActor, self.opts, plan, DECODE_CPUS)
+        for batch in self._results(encoded):
             for k, pos in enumerate(batch["pos"]):
                 if batch["ok"][k]:
                     yield Result(

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+CONFIG_FILE = "open_clip_config.json"  # a model directory's config (``models.weights``)
 DEFAULT_MODEL = "clipsearch-base"
 PKG_PREFIX = "pkg:"
 CLIPSEARCH_KEY = "clipsearch"  # our block in an architecture config (see ``extras``)
@@ -118,4 +119,14 @@ def list_architectures() -> list[str]:
 def shipped_weights(name: str) -> Path | None:
     """The model directory committed with the project for ``name``, if there is one."""
     path = WEIGHTS_DIR / name
-    return path if (path / "open_clip_config.json").is_file() else None
+    return path if (path / CONFIG_FILE).is_file() else None
+
+
+def model_dir(model: str | None, pretrained: str | None) -> Path | None:
+    """The model directory that ``--model``/``--pretrained`` name, if they name one (the shipped
+    one when ``pretrained`` is None), found without loading anything; ``weights.resolve`` checks
+    the rest."""
+    if pretrained is None:
+        return shipped_weights(model or DEFAULT_MODEL)
+    path = Path(pretrained).expanduser()
+    return path if (path / CONFIG_FILE).is_file() else None

@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 
 from models import registry
 from models.errors import ModelError
+from models.registry import CONFIG_FILE
 
-CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 EXPORT_FORMAT_VERSION = 1
 HUB_HOST = "huggingface.co"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 import app.cli
 from indexer import Index
 from indexer import shards as sh
+from models import weights
 from models.errors import ModelError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -52,34 +54,102 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(folder: Path) -> Path:
+    """The tiny model as a model directory: its ``preprocess_cfg`` plans a Ray job's decoding."""
+    from models.encoder import Encoder
+
+    model = Encoder.load("clipsearch-tiny", "none", "cpu").loaded.model
+    return weights.export_model_dir(model, "clipsearch-tiny", folder / "tiny-model")
+
+
+def _with_preprocess(directory: Path, out: Path, **cfg: object) -> Path:
+    """A copy of a model directory whose ``preprocess_cfg`` says ``cfg`` instead."""
+    shutil.copytree(directory, out)
+    config = json.loads((out / weights.CONFIG_FILE).read_text())
+    config["preprocess_cfg"].update(cfg)
+    (out / weights.CONFIG_FILE).write_text(json.dumps(config))
+    return out
+
+
 @pytest.mark.slow
-def test_ray_engine_matches_the_local_one(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same shards from both engines; a Ray job's driver loads no model (a task describes it),
-    and a model that cannot load stops the job with the model's own error."""
+def test_ray_engine_matches_the_local_one(
+    folder: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same shards from both engines, whether decode tasks wait for a task that describes the
+    model or start on the model directory's plan (then nothing describes it); the driver loads no
+    model; a model that cannot load, or a plan it refuses, stops the job before anything is
+    written, with the model's own error."""
     import indexer.embed as embed
+    import indexer.embed_ray as embed_ray
 
     ray = pytest.importorskip("ray")
-    common = [*TINY, "--batch-size", "4", "--shard-size", "5", "-q"]
-    _cli("embed", folder / "data", "--out", folder / "local", "--workers", "0", *common)
+    data = folder / "data"
+    common = ["--batch-size", "4", "--shard-size", "5", "-q"]
+    from_dir = ["--model", "clipsearch-tiny", "--pretrained", tiny_dir, *common]
+    wrong = _with_preprocess(tiny_dir, folder / "wrong-model", size=[40, 40])
+    for out, model in (("local", TINY), ("local-dir", from_dir[:4])):
+        _cli("embed", data, "--out", folder / out, "--workers", "0", *model, *common)
     monkeypatch.setattr(embed, "_load", lambda opts: pytest.fail("the driver loaded the model"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        out = _cli("embed", folder / "data", "--out", folder / "ray", "--engine", "ray", *common)
-        bad = ["--model", "clipsearch-tiny", "--pretrained", str(folder / "missing.safetensors")]
-        args = ["embed", folder / "data", "--out", folder / "bad", "--engine", "ray", *bad, "-q"]
-        failed = CliRunner().invoke(app.cli.app, [str(a) for a in args])
+        out = _cli("embed", data, "--out", folder / "ray", "--engine", "ray", *TINY, *common)
+        with monkeypatch.context() as m:
+            m.setattr(embed_ray.RayEngine, "_described", lambda self: pytest.fail("described"))
+            _cli("embed", data, "--out", folder / "ray-dir", "--engine", "ray", *from_dir)
+        failed = {}
+        for name, pretrained in (("missing", folder / "missing.safetensors"), ("wrong", wrong)):
+            args = ["embed", data, "--out", folder / name, "--engine", "ray", "-q"]
+            args += ["--model", "clipsearch-tiny", "--pretrained", pretrained]
+            failed[name] = CliRunner().invoke(app.cli.app, [str(a) for a in args]).exception
     finally:
         ray.shutdown()
-    assert isinstance(failed.exception, ModelError), failed.output
-    assert "weights file not found" in str(failed.exception)
+    assert isinstance(failed["missing"], ModelError), failed
+    assert "weights file not found" in str(failed["missing"])
+    assert isinstance(failed["wrong"], ModelError) and "preprocess_cfg says" in str(failed["wrong"])
+    assert not (folder / "wrong").exists()
     assert "wrote 3 shards" in out and "skipped 2 (corrupt 1, empty 1)" in out
-    local_paths, local_vectors, local_skipped = _read(folder / "local")
-    ray_paths, ray_vectors, ray_skipped = _read(folder / "ray")
-    assert ray_paths == local_paths and len(local_paths) == 10
-    np.testing.assert_allclose(ray_vectors, local_vectors, atol=1e-5)
-    assert np.allclose(np.linalg.norm(ray_vectors, axis=1), 1, atol=1e-5)
-    assert ray_skipped == local_skipped
-    assert {r["reason"] for r in ray_skipped} == {"corrupt", "empty"}
+    for ray_out, local_out in (("ray", "local"), ("ray-dir", "local-dir")):
+        local_paths, local_vectors, local_skipped = _read(folder / local_out)
+        ray_paths, ray_vectors, ray_skipped = _read(folder / ray_out)
+        assert ray_paths == local_paths and len(local_paths) == 10
+        np.testing.assert_allclose(ray_vectors, local_vectors, atol=1e-5)
+        assert np.allclose(np.linalg.norm(ray_vectors, axis=1), 1, atol=1e-5)
+        assert ray_skipped == local_skipped
+        assert {r["reason"] for r in ray_skipped} == {"corrupt", "empty"}
+
+
+def test_decode_plans_from_model_directories_are_the_models_own(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """A model directory's ``preprocess_cfg`` plans a Ray job's decoding before any model loads:
+    the same plan as the loaded model's own preprocessing, for every shipped model; none where
+    the directory is missing or says another resize; a plan the model would not make is named."""
+    from indexer.embed import EmbedOptions
+    from indexer.embed_ray import decode_plan, plan_mismatch, planned_decode
+    from models import registry
+    from models.encoder import Encoder
+
+    shipped = [p.name for p in registry.WEIGHTS_DIR.iterdir() if registry.shipped_weights(p.name)]
+    assert "clipsearch-base" in shipped
+    jobs = [EmbedOptions(model=name) for name in shipped]
+    jobs.append(EmbedOptions(model="clipsearch-tiny", pretrained=str(tiny_dir)))
+    for opts in jobs:
+        own = decode_plan(Encoder.load(opts.model, opts.pretrained, "cpu"))
+        assert planned_decode(opts) == own, opts.model
+        assert plan_mismatch(planned_decode(opts), own, opts) == ""
+    other = [
+        "none",
+        str(tiny_dir / weights.WEIGHTS_FILE),
+        str(_with_preprocess(tiny_dir, tmp_path / "squash", resize_mode="squash")),
+        str(_with_preprocess(tiny_dir, tmp_path / "oblong", size=[32, 48])),
+    ]
+    for pretrained in other:
+        assert planned_decode(EmbedOptions(model="clipsearch-tiny", pretrained=pretrained)) is None
+    bilinear = _with_preprocess(tiny_dir, tmp_path / "bilinear", interpolation="bilinear")
+    opts = EmbedOptions(model="clipsearch-tiny", pretrained=str(bilinear))
+    said = plan_mismatch(planned_decode(opts), own, opts)  # own: the tiny model's (bicubic)
+    assert f"{bilinear}/{weights.CONFIG_FILE}: its preprocess_cfg says" in said
 
 
 @pytest.mark.slow
@@ -93,7 +163,7 @@ def test_the_encoder_actors_calls_run_on_its_main_thread() -> None:
     from indexer.embed_ray import _run, connected
 
     class Probe:  # defined here, so Ray ships it to the actor by value
-        def __init__(self, opts: EmbedOptions, threads: int | None) -> None:
+        def __init__(self, opts: EmbedOptions, threads: int | None, plan: object) -> None:
             """Takes what ``_run`` passes every encoder actor."""
 
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
