@@ -77,9 +77,9 @@ def test_ray_engine_matches_the_local_one(
     folder: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same shards from both engines, whether decode tasks wait for a task that describes the
-    model or start on the model directory's plan (then nothing describes it); the driver loads no
-    model; a model that cannot load, or a plan it refuses, stops the job before anything is
-    written, with the model's own error."""
+    model or start on the model directory's plan (then nothing describes it, nor a text job's);
+    the driver loads no model; a model that cannot load, or a plan it refuses, stops the job
+    before anything is written, with the model's own error."""
     import indexer.embed as embed
     import indexer.embed_ray as embed_ray
 
@@ -90,6 +90,7 @@ def test_ray_engine_matches_the_local_one(
     wrong = _with_preprocess(tiny_dir, folder / "wrong-model", size=[40, 40])
     for out, model in (("local", TINY), ("local-dir", from_dir[:4])):
         _cli("embed", data, "--out", folder / out, "--workers", "0", *model, *common)
+    _cli("embed-text", data / "captions.csv", "--out", folder / "local", *TINY, *common)
     monkeypatch.setattr(embed, "_load", lambda opts: pytest.fail("the driver loaded the model"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -97,6 +98,8 @@ def test_ray_engine_matches_the_local_one(
         with monkeypatch.context() as m:
             m.setattr(embed_ray.RayEngine, "_described", lambda self: pytest.fail("described"))
             _cli("embed", data, "--out", folder / "ray-dir", "--engine", "ray", *from_dir)
+            texts = ["embed-text", data / "captions.csv", "--engine", "ray", *TINY, *common]
+            _cli(*texts, "--out", folder / "ray")
         failed = {}
         for name, pretrained in (("missing", folder / "missing.safetensors"), ("wrong", wrong)):
             args = ["embed", data, "--out", folder / name, "--engine", "ray", "-q"]
@@ -117,6 +120,10 @@ def test_ray_engine_matches_the_local_one(
         assert np.allclose(np.linalg.norm(ray_vectors, axis=1), 1, atol=1e-5)
         assert ray_skipped == local_skipped
         assert {r["reason"] for r in ray_skipped} == {"corrupt", "empty"}
+    local_texts, local_vectors, _ = _read(folder / "local", sh.TEXTS)
+    ray_texts, ray_vectors, _ = _read(folder / "ray", sh.TEXTS)
+    assert ray_texts == local_texts and len(local_texts) == 10
+    np.testing.assert_allclose(ray_vectors, local_vectors, atol=1e-5)
 
 
 def test_decode_plans_from_model_directories_are_the_models_own(
