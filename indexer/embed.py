@@ -214,10 +214,6 @@ class ModelFacts:
     def dim(self) -> int:
         return int(self.provenance["dim"])
 
-    @property
-    def image_size(self) -> int:
-        return int(self.provenance["image_size"])
-
 
 class Engine(Protocol):
     """Where a job's items are decoded and encoded: this process, or a Ray cluster."""

@@ -40,7 +40,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -305,10 +305,10 @@ def _recording_warnings(load: Callable[[], Encoder]) -> tuple[Encoder, tuple[str
     return encoder, tuple(str(w.message) for w in caught if issubclass(w.category, UserWarning))
 
 
-def plan_mismatch(plan: DecodePlan | None, own: DecodePlan, opts: EmbedOptions) -> str:
+def plan_mismatch(plan: DecodePlan, own: DecodePlan, opts: EmbedOptions) -> str:
     """Why crops made by ``plan`` are not what the model's own preprocessing (``own``) makes, or
     an empty string."""
-    if plan is None or plan == own:
+    if plan == own:
         return ""
     from models.registry import CONFIG_FILE, model_dir
 
@@ -336,16 +336,9 @@ class _EncoderActor:
         self.encoder, said = _recording_warnings(
             lambda: Encoder.load(opts.model, opts.pretrained, device, opts.precision)
         )
-        facts = ModelFacts.of(self.encoder)
-        self.mismatch = plan_mismatch(plan, decode_plan(self.encoder), opts)
-        self.told = json.dumps(
-            {
-                "provenance": facts.provenance,
-                "preprocess": facts.preprocess,
-                "warnings": said,
-                "mismatch": self.mismatch,
-            }
-        )
+        self.mismatch = plan_mismatch(plan, decode_plan(self.encoder), opts) if plan else ""
+        facts = asdict(ModelFacts.of(self.encoder))
+        self.told = json.dumps({"facts": facts, "warnings": said, "mismatch": self.mismatch})
 
     def tell(self, rows: int) -> np.ndarray:
         return np.array([self.told] + [""] * (rows - 1), dtype=object)
@@ -501,7 +494,7 @@ class RayEngine:
             raise ModelError(said["mismatch"])
         for message in said["warnings"]:
             warnings.warn(message, stacklevel=3)
-        self._facts = ModelFacts(said["provenance"], said["preprocess"])
+        self._facts = ModelFacts(**said["facts"])
 
     def _results(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         """``batches`` once the first has told the model's facts, or the model's own error if its
